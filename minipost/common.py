@@ -1,0 +1,376 @@
+"""
+Small pieces every training script shares: device and dtype, seeding, the learning-rate schedule,
+the optimizer, log lines, response log-probs, loading and saving models, argparse checks.
+
+Kept deliberately plain: each stage's math lives in its own script; this file is plumbing.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minipost import checkpoint as ckpt
+from minipost.model import GPT, OFFICIAL, GPTConfig, GPTScalar, config_from_preset
+from minipost.tokenizer import Tokenizer
+
+# -----------------------------------------------------------------------------
+# argparse value checks: bad values are rejected before any model loads
+
+
+def positive_float(s: str) -> float:
+    v = float(s)
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def nonneg_float(s: str) -> float:
+    v = float(s)
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def unit_float(s: str) -> float:
+    """A value in [0, 1] (gamma, lambda, probabilities)."""
+    v = float(s)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
+def top_p_float(s: str) -> float:
+    v = float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"top_p must be in (0, 1], got {s}")
+    return v
+
+
+def positive_int(s: str) -> int:
+    v = int(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
+    """Flags every stage has: output, resume/overwrite, device, dtype, seed."""
+    p.add_argument("--out", default=out_dir, help="checkpoint directory to write")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    p.add_argument("--device", default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto = bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with AMX/AVX512-BF16), else fp32")
+    p.add_argument("--seed", type=int, default=seed, help="random seed (data order, init, sampling)")
+
+
+# -----------------------------------------------------------------------------
+# Device, dtype, randomness
+
+
+def pick_device(requested: str = "") -> torch.device:
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            sys.exit(f"error: --device {requested} but torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
+        if requested == "mps" and not torch.backends.mps.is_available():
+            sys.exit("error: --device mps but MPS is not available; use --device cpu")
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on x86 CPUs with AMX or AVX512-BF16 matrix units (where bf16 matmuls are ~4x fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_dtype(device: torch.device, requested: str = "auto") -> tuple[torch.dtype, str]:
+    """(autocast dtype, reason). fp32 weights always; bf16 only as autocast for matmuls."""
+    if requested == "fp32":
+        return torch.float32, "fp32 as requested"
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        if requested == "bf16" or ok:
+            return torch.bfloat16, "bf16 autocast: CUDA device supports bf16" if ok else "bf16 as requested"
+        return torch.float32, "fp32: this GPU has no bf16"
+    if device.type == "cpu":
+        if requested == "bf16":
+            return torch.bfloat16, "bf16 autocast as requested"
+        if cpu_has_fast_bf16():
+            return torch.bfloat16, "bf16 autocast: this CPU has AMX/AVX512-BF16 matrix units (about 2x faster training)"
+        return torch.float32, "fp32: this CPU has no fast bf16 matrix units"
+    if requested == "bf16":
+        return torch.bfloat16, "bf16 autocast as requested"
+    return torch.float32, f"fp32 on {device.type}"
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Context manager: bf16 autocast for matmuls (weights, softmax and losses stay fp32), or nothing."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps(np.random.get_state(legacy=False), default=lambda a: a.tolist()),
+    }
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = json.loads(state["numpy"])
+    np_state["state"]["key"] = np.array(np_state["state"]["key"], dtype=np.uint64)
+    np.random.set_state(np_state)
+
+
+# -----------------------------------------------------------------------------
+# Optimization
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int, min_ratio: float = 0.1) -> float:
+    """Linear warmup for `warmup` steps, then cosine decay to `min_ratio * lr` at step `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)):
+    """AdamW with weight decay on matrices only (not on biases, LayerNorms -- or the scalar buffers)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def set_lr(optimizer, lr: float):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def check_finite(loss: torch.Tensor, step: int, what: str = "loss"):
+    """Stop on a non-finite loss before it reaches the weights; the last checkpoint stays as it was."""
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(
+            f"non-finite {what} ({loss.detach().float().flatten()[:4].tolist()}) at step {step}; "
+            "training stopped, the last good checkpoint is left intact"
+        )
+
+
+# -----------------------------------------------------------------------------
+# Log-probabilities of responses (shared by SFT eval, DPO, PPO, evaluation)
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(x_{t+1} | x_<=t) for every position: logits (B, T, V), ids (B, T) -> (B, T-1), in fp32."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+
+
+def response_logprobs(model: GPT, batch: dict) -> torch.Tensor:
+    """Sum of log-probs over response tokens (incl. EOS) of each sequence: (B,). Prompt and padding excluded."""
+    logits = model(batch["input_ids"], batch["attention_mask"])  # (B, T, V)
+    logps = token_logprobs(logits, batch["input_ids"])  # (B, T-1)
+    return (logps * batch["response_mask"][:, 1:]).sum(dim=1)  # (B,)
+
+
+# -----------------------------------------------------------------------------
+# Logging: one line per step on stdout, the same numbers in a JSONL file
+
+
+class StepLogger:
+    def __init__(self, path: Path, total_steps: int, append: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not append and self.path.exists():
+            self.path.unlink()
+        self.total = total_steps
+        self.t0 = time.time()
+        self.done_at_start = None
+
+    def log(self, step: int, **metrics):
+        """Print `step 0042/1000 | loss 2.3141 | ... | eta 1m20s` and append the metrics as JSON."""
+        if self.done_at_start is None:
+            self.done_at_start = step
+        elapsed = time.time() - self.t0
+        done = step + 1 - self.done_at_start
+        eta = elapsed / max(done, 1) * (self.total - step - 1)
+        parts = [f"step {step:0{len(str(self.total))}d}/{self.total}"]
+        for k, v in metrics.items():
+            parts.append(f"{k} {_fmt(k, v)}")
+        parts.append(f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
+        print(" | ".join(parts), flush=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **{k: _plain(v) for k, v in metrics.items()}}) + "\n")
+
+
+def _plain(v):
+    return float(v) if isinstance(v, (torch.Tensor, np.floating)) else v
+
+
+def _fmt(key, v):
+    v = _plain(v)
+    if isinstance(v, float):
+        if key == "lr":
+            return f"{v:.1e}"
+        if key.endswith("ms"):
+            return f"{v:.0f}"
+        if key.endswith("tok/s"):
+            return f"{v / 1000:.1f}k"
+        return f"{v:.4f}"
+    return str(v)
+
+
+def read_jsonl_log(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_log(log_path, png_path, keys: list[str], title: str):
+    """A PNG with one panel per metric key, read from a JSONL log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl_log(log_path)
+    keys = [k for k in keys if any(k in r for r in rows)]
+    if not rows or not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 40 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path
+
+
+# -----------------------------------------------------------------------------
+# Models in and out of checkpoints
+
+
+def load_model(source: str, device="cpu", kind: str | None = None):
+    """(model, tokenizer, config) from a checkpoint directory, or official GPT-2 weights by name.
+
+    A checkpoint's config.json says whether it holds a language model ("lm") or a scalar model
+    ("scalar": reward / value). `kind="scalar"` on an lm checkpoint builds a scalar model whose
+    backbone is the lm's (how the reward model starts from SFT).
+    """
+    if source in OFFICIAL and not ckpt.has_checkpoint(source):
+        model = GPT.from_pretrained(source)
+        config = {"stage": "pretrained", "kind": "lm", "model": model.config.to_dict(),
+                  "tokenizer": {"vocab_size": model.config.vocab_size}, "init": source}
+        tok = Tokenizer(model.config.vocab_size)
+        if kind == "scalar":
+            scalar = GPTScalar(model.config)
+            scalar.gpt.load_state_dict(model.state_dict())
+            model = scalar
+        return model.to(device), tok, config
+    if not ckpt.has_checkpoint(source):
+        raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: {', '.join(OFFICIAL)})")
+    state, config = ckpt.load_checkpoint(source)
+    gcfg = GPTConfig.from_dict(config["model"])
+    saved_kind = config.get("kind", "lm")
+    kind = kind or saved_kind
+    if kind == "lm":
+        if saved_kind != "lm":
+            raise ckpt.CheckpointError(f"{source} holds a {saved_kind} model, a language model is needed")
+        model = GPT(gcfg)
+        ckpt.load_into(model, state, source)
+    elif saved_kind == "scalar":
+        model = GPTScalar(gcfg)
+        ckpt.load_into(model, state, source)
+    else:  # a scalar model started from a language model's weights; the head is fresh
+        model = GPTScalar(gcfg)
+        ckpt.load_into(model.gpt, state, source)
+    tok = Tokenizer(config.get("tokenizer", {}).get("vocab_size", gcfg.vocab_size))
+    return model.to(device), tok, config
+
+
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """A reference / reward model: eval mode, no gradients, never in an optimizer."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def save_stage(out_dir, model, *, stage: str, kind: str, tokenizer: Tokenizer, args, metrics: dict,
+               train_state: dict | None = None, extra: dict | None = None):
+    """Write a checkpoint directory: weights, config.json (model config, tokenizer, args, metrics), train state."""
+    cfg = model.config
+    config = {
+        "stage": stage,
+        "kind": kind,
+        "model": cfg.to_dict(),
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id},
+        "args": {k: v for k, v in vars(args).items()} if args is not None else {},
+        "metrics": metrics,
+        **(extra or {}),
+    }
+    ckpt.save_checkpoint(out_dir, model, config, train_state)
+
+
+def dropout_off(config: GPTConfig) -> GPTConfig:
+    """Post-training compares log-probs across models and passes: dropout must be off everywhere."""
+    d = config.to_dict()
+    d["dropout"] = 0.0
+    return GPTConfig.from_dict(d)
+
+
+def print_config(title: str, args, extra: dict | None = None):
+    print(f"== {title} ==")
+    for k, v in {**vars(args), **(extra or {})}.items():
+        print(f"  {k:>22}: {v}")
+    sys.stdout.flush()
+
+
+def fmt_pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false")

@@ -1,0 +1,456 @@
+"""
+All of GPT-2 in one file: config, hand-written attention, MLP, Block, GPT, KV cache, sampling, a scalar
+head for reward and value models, and the import of the official weights.
+
+Read top to bottom. The names inside (`wte`, `wpe`, `h`, `ln_f`, `c_attn`, `c_proj`, `c_fc`) are GPT-2's
+own, so the official weights copy key by key (see `GPT.from_pretrained`).
+
+Two things post-training needs that pre-training code often skips:
+  * padding. Batches of prompts of different lengths are LEFT-padded for generation; GPT-2 has no pad
+    token, so every mask comes from `attention_mask` (1 = real token), never from token ids, and the
+    position ids come from the mask too, so a padded prompt sees the same positions as an unpadded one.
+  * logits at every position: `forward` returns (B, T, V); the losses (SFT, DPO, PPO) live in the
+    training scripts.
+
+References: Radford et al. 2019 (GPT-2); nanoGPT and minGPT for the layout of the code.
+"""
+
+import json
+import math
+from dataclasses import dataclass, asdict, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # the longest sequence the model reads (learned position embeddings)
+    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12  # number of transformer blocks
+    n_head: int = 12  # attention heads per block; n_embd must divide by it
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # dropout on attention weights and residual branches (0 for post-training)
+    bias: bool = True  # biases in Linear layers and LayerNorms, as in GPT-2
+    fused_attn: bool = False  # True: torch's scaled_dot_product_attention; False: the hand-written path
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+
+# The official shapes, and `tiny`: the CPU default (4.2M parameters, of which 1.05M embedding) that trains
+# on the toy world in minutes on 2 cores. Its vocabulary is GPT-2's first 4,095 ranks + EOS (tokenizer.py).
+PRESETS = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=256, block_size=128, vocab_size=4096),
+    # ~4x the tiny model's transformer parameters: the "larger base model" of the InstructGPT comparison.
+    "tiny-4x": dict(n_layer=8, n_head=6, n_embd=384, block_size=128, vocab_size=4096),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+OFFICIAL = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def config_from_preset(name: str, **overrides) -> GPTConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+    return GPTConfig(**{**PRESETS[name], **overrides})
+
+
+# -----------------------------------------------------------------------------
+# The transformer
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated for `max_len` positions.
+
+    Decoding one token then costs one row of attention instead of a forward over the whole sequence.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # how many positions are filled (the same for every sequence in the batch)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys/values so far (B, nh, pos+T, hs)."""
+        T = k.size(2)
+        self.k[layer, :, :, self.pos : self.pos + T] = k
+        self.v[layer, :, :, self.pos : self.pos + T] = v
+        return self.k[layer, :, :, : self.pos + T], self.v[layer, :, :, : self.pos + T]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, f"n_embd {config.n_embd} must divide by n_head {config.n_head}"
+        self.layer = layer  # index into the KV cache
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.fused = config.fused_attn
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        # x (B, T, C); mask (B, 1, T, S) bool, True where query t may attend to key s (S = keys incl. cache)
+        B, T, C = x.size()
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, nh, S, hs)
+
+        if self.fused:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
+            att = att.masked_fill(~mask, float("-inf"))  # every row keeps >= 1 key (see attention_mask_4d)
+            att = F.softmax(att, dim=-1)
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2 uses the tanh approximation of GELU; the exact erf form differs by ~1e-3 and breaks parity.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, cache=None):
+        x = x + self.attn(self.ln_1(x), mask, cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+def attention_mask_4d(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, S) padding mask of all keys (1 = real) -> (B, 1, T, S) bool mask for the last T queries.
+
+    Query t (absolute position S-T+t) may attend to key s when s <= its position (causal) and key s is a
+    real token. A padding query would then see no key at all, and softmax over all -inf is NaN; so every
+    query may always attend to itself. Real queries are unaffected (they attend to themselves anyway);
+    padding queries produce finite garbage that no loss or metric reads.
+    """
+    B, S = attention_mask.shape
+    q_pos = torch.arange(S - T, S, device=attention_mask.device).view(T, 1)  # (T, 1)
+    k_pos = torch.arange(S, device=attention_mask.device).view(1, S)  # (1, S)
+    causal = k_pos <= q_pos  # (T, S)
+    real_key = attention_mask.bool().view(B, 1, 1, S)  # (B, 1, 1, S)
+    itself = (k_pos == q_pos).view(1, 1, T, S)
+    return (causal.view(1, 1, T, S) & real_key) | itself  # (B, 1, T, S)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # the tied lm_head is counted once
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def hidden_states(self, idx, attention_mask=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C) after ln_f. idx (B, T); attention_mask (B, S), S = cache.pos + T."""
+        B, T = idx.size()
+        past = cache.pos if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
+        S = attention_mask.size(1)
+        assert S == past + T, f"attention_mask covers {S} positions, expected cache {past} + new {T}"
+        assert S <= self.config.block_size, f"sequence of {S} tokens, the context holds {self.config.block_size}"
+        # Position ids count real tokens only: a left-padded prompt starts at position 0 like an unpadded one.
+        pos = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
+        mask = attention_mask_4d(attention_mask, T)  # (B, 1, T, S)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, mask, cache)
+        if cache is not None:
+            cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, attention_mask=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V) at every position: post-training needs all of them."""
+        return self.lm_head(self.hidden_states(idx, attention_mask, cache))
+
+    # -------------------------------------------------------------------------
+    # Generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        attention_mask: torch.Tensor | None = None,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        return_logprobs: bool = False,
+        use_cache: bool = True,
+    ):
+        """Sample up to `max_new_tokens` after each (left-padded) prompt in idx (B, T0).
+
+        Returns ids (B, T0 + n), n <= max_new_tokens: the prompts followed by the new tokens. A sequence
+        that emitted `eos_token_id` is finished: it is padded with EOS from then on, and generation stops
+        when every sequence is finished. With `return_logprobs`, also returns (B, n) log-probabilities of
+        each sampled token under the distribution it was sampled from (0 after a sequence finished).
+        `use_cache=False` recomputes the whole sequence every step (slow; kept for tests and benchmarks).
+        """
+        B, T0 = idx.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx)
+        total = T0 + max_new_tokens
+        assert total <= self.config.block_size, (
+            f"prompt of {T0} + {max_new_tokens} new tokens exceeds the context of {self.config.block_size}"
+        )
+        was_training = self.training
+        self.eval()
+        cache = None
+        if use_cache:
+            dtype = self.transformer.wte.weight.dtype
+            if torch.is_autocast_enabled(idx.device.type):
+                dtype = torch.get_autocast_dtype(idx.device.type)
+            cache = KVCache(self.config, B, total, idx.device, dtype)
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        ids, mask, logps = idx, attention_mask.long(), []
+        step_ids = idx  # what to feed this step: the whole prompt first, then one token at a time
+        for _ in range(max_new_tokens):
+            if cache is not None:
+                logits = self(step_ids, mask, cache)[:, -1, :]  # (B, V)
+            else:
+                logits = self(ids, mask)[:, -1, :]
+            next_ids, next_logps = sample_next(logits.float(), generator, temperature, top_k, top_p)  # (B,), (B,)
+            if eos_token_id is not None:
+                next_ids = torch.where(finished, torch.full_like(next_ids, eos_token_id), next_ids)
+            next_logps = torch.where(finished, torch.zeros_like(next_logps), next_logps)
+            ids = torch.cat([ids, next_ids[:, None]], dim=1)
+            mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)  # finished rows: padding
+            logps.append(next_logps)
+            step_ids = next_ids[:, None]
+            if eos_token_id is not None:
+                finished = finished | (next_ids == eos_token_id)
+                if bool(finished.all()):
+                    break
+        self.train(was_training)
+        if return_logprobs:
+            return ids, torch.stack(logps, dim=1) if logps else idx.new_zeros(B, 0, dtype=torch.float)
+        return ids
+
+    # -------------------------------------------------------------------------
+    # The official weights
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, cache_dir: str = "checkpoints/pretrained") -> "GPT":
+        """Load GPT-2 weights in Hugging Face's layout.
+
+        `name_or_path`: one of gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded once into cache_dir),
+        a directory with `model.safetensors` (+ `config.json` as `save_pretrained` writes it), or a bare
+        `model.safetensors` file (the shape is then inferred, with 64-wide heads as in every GPT-2).
+        """
+        from minipost.checkpoint import read_safetensors  # the hand-written safetensors reader
+
+        path = Path(name_or_path)
+        hf_config = None
+        if name_or_path in OFFICIAL and not path.exists():
+            from minipost.download import download_file
+
+            url = f"https://huggingface.co/openai-community/{name_or_path}/resolve/main/model.safetensors"
+            path = download_file(url, Path(cache_dir) / name_or_path / "model.safetensors", desc=name_or_path)
+            config = config_from_preset(name_or_path)
+        elif path.is_dir():
+            if (path / "config.json").exists():
+                hf_config = json.loads((path / "config.json").read_text())
+            path = path / "model.safetensors"
+            config = None
+        elif path.is_file():
+            config = None
+        else:
+            raise FileNotFoundError(f"{name_or_path}: not a GPT-2 name ({', '.join(OFFICIAL)}), directory or file")
+
+        tensors, _ = read_safetensors(path)
+        # Hugging Face's GPT2LMHeadModel prefixes keys with "transformer."; the original upload does not.
+        sd = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+        sd = {k: v for k, v in sd.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # mask buffers
+        sd.pop("lm_head.weight", None)  # tied to wte
+        if config is None:
+            config = _config_from_hf(hf_config, sd, path)
+        model = cls(config)
+        ours = model.state_dict()
+        # GPT-2 stores these as Conv1D weights of shape (in, out); nn.Linear wants (out, in). attn.c_proj is
+        # square, so forgetting this transpose raises no shape error -- it silently breaks the model.
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        missing = [k for k in ours if k != "lm_head.weight" and k.removeprefix("transformer.") not in sd]
+        if missing:
+            raise ValueError(f"{path}: missing GPT-2 weights {missing[:5]}")
+        with torch.no_grad():
+            for key, param in ours.items():
+                if key == "lm_head.weight":
+                    continue
+                w = sd[key.removeprefix("transformer.")]
+                if key.endswith(transposed):
+                    w = w.t()
+                if w.shape != param.shape:
+                    raise ValueError(f"{path}: {key} has shape {tuple(w.shape)}, the config needs {tuple(param.shape)}")
+                param.copy_(w)
+        return model
+
+
+def _config_from_hf(hf: dict | None, sd: dict, path: Path) -> GPTConfig:
+    """A GPTConfig from Hugging Face's config.json, or from the weights' shapes when there is none."""
+    if hf is not None:
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"{path}: activation {act!r}; minipost's GPT-2 uses tanh GELU (gelu_new)")
+        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+            raise ValueError(f"{path}: layer_norm_epsilon {hf['layer_norm_epsilon']}, minipost uses 1e-5")
+        return GPTConfig(
+            block_size=hf.get("n_positions", 1024),
+            vocab_size=hf["vocab_size"],
+            n_layer=hf["n_layer"],
+            n_head=hf["n_head"],
+            n_embd=hf["n_embd"],
+        )
+    vocab_size, n_embd = sd["wte.weight"].shape
+    n_layer = len({k.split(".")[1] for k in sd if k.startswith("h.")})
+    return GPTConfig(
+        block_size=sd["wpe.weight"].shape[0], vocab_size=vocab_size, n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd
+    )
+
+
+# -----------------------------------------------------------------------------
+# Sampling: a pure function of (logits, generator, temperature, top_k, top_p)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the nucleus (smallest set with mass >= top_p)."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1) the k-th largest
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = F.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+        drop_sorted = mass_before >= top_p  # the first token always stays (its mass_before is 0)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits, generator=None, temperature=1.0, top_k=None, top_p=None):
+    """One token per row of logits (B, V) -> (ids (B,), log-probs (B,) under the sampling distribution).
+
+    temperature 0 is greedy (argmax, ignores the generator). Filtering (top-k / top-p) changes the
+    distribution: PPO samples with neither, or its KL estimate would be wrong.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        ids = logits.argmax(dim=-1)
+        logps = F.log_softmax(logits, dim=-1)
+    else:
+        logps = F.log_softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)  # (B, V)
+        ids = torch.multinomial(logps.exp(), num_samples=1, generator=generator).squeeze(-1)
+    return ids, logps.gather(-1, ids[:, None]).squeeze(-1)
+
+
+# -----------------------------------------------------------------------------
+# A scalar head: the reward model and PPO's value model
+
+
+class GPTScalar(nn.Module):
+    """A GPT backbone with a linear head: one scalar per position, (B, T).
+
+    The reward model reads the score at the last real token of prompt + response (the EOS); the value
+    model reads every response position. `reward_shift`/`reward_scale` are buffers saved with the weights:
+    train_rm.py sets them so that rewards of SFT samples have mean 0 and std 1, and every later load
+    applies the same frozen normalization.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.gpt = GPT(config)  # its tied lm_head costs nothing; the head below is what is trained
+        self.head = nn.Linear(config.n_embd, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(config.n_embd + 1))
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("reward_shift", torch.zeros(()))
+        self.register_buffer("reward_scale", torch.ones(()))
+
+    def forward(self, idx, attention_mask=None) -> torch.Tensor:
+        h = self.gpt.hidden_states(idx, attention_mask)  # (B, T, C)
+        raw = self.head(h).squeeze(-1).float()  # (B, T)
+        return (raw - self.reward_shift) / self.reward_scale
+
+    def score(self, idx, attention_mask) -> torch.Tensor:
+        """Scalar at the last real token of each row (B,): found from the mask, never from token ids
+        (pad id == EOS id). Works for right and left padding."""
+        values = self(idx, attention_mask)  # (B, T)
+        T = attention_mask.size(1)
+        positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+        last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values  # (B,)
+        return values.gather(1, last[:, None]).squeeze(1)
