@@ -313,7 +313,7 @@ def load_model(source: str, device="cpu", kind: str | None = None):
     if not ckpt.has_checkpoint(source):
         raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: {', '.join(OFFICIAL)})")
     state, config = ckpt.load_checkpoint(source)
-    gcfg = GPTConfig.from_dict(config["model"])
+    gcfg = dropout_off(GPTConfig.from_dict(config["model"]))  # post-training compares log-probs: no dropout
     saved_kind = config.get("kind", "lm")
     kind = kind or saved_kind
     if kind == "lm":

@@ -1,0 +1,432 @@
+"""
+Checkpoints that cannot execute code or silently lose work.
+
+A checkpoint is a directory:
+
+    model.safetensors   the weights (tied parameters stored once, the tie recorded in the metadata)
+    train_state.pt      optional: optimizer state, step, RNG states... (for --resume)
+    config.json         model config, args, metrics, plus "files": {name: sha256} of the two above
+
+Why not just torch.save(model.state_dict())? torch.save writes a pickle, and unpickling a file can
+run arbitrary code (a pickle may say "call os.system with these arguments"). Weights are the files
+people download and share, so we store them as safetensors: an 8-byte length, a JSON header and raw
+bytes, nothing to execute. The train state (nested dicts of tensors and numbers) still goes through
+torch.save, but it is only ever read back with torch.load(weights_only=True), which refuses anything
+that is not plain tensors/containers/numbers; we never fall back to the unsafe loader.
+
+The second enemy is a half-written checkpoint: a job killed during a save must not leave a file that
+loads as garbage, or a directory whose weights come from step 2000 and optimizer from step 1000.
+Every file is written to a temporary name, fsync'ed, then os.replace'd over the old one (a rename is
+atomic on POSIX: readers see the old file or the new one, never half of each).
+"""
+
+import hashlib
+import json
+import math
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import torch
+
+# The safetensors dtype names (these exact strings are the format) and their torch dtypes.
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.pt"
+CONFIG_FILE = "config.json"
+MAX_HEADER_BYTES = 100_000_000  # the official library's limit; a bigger "length" is a corrupt file
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or a file in it) is missing, corrupt, unsafe or does not fit the model."""
+
+
+# -----------------------------------------------------------------------------
+# Atomic writes: temp file in the same directory -> flush -> fsync -> os.replace -> fsync the dir
+
+def _fsync_dir(directory):
+    # The rename itself lives in the directory entry; fsync the directory so it survives a power cut.
+    if os.name != "posix":
+        return  # Windows cannot open a directory for fsync; os.replace is still atomic there
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(path, write_fn):
+    """Write a file next to `path` under a unique temporary name; return that name (not yet in place).
+    Same directory on purpose: os.replace is only atomic within one filesystem."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())  # bytes on disk before the rename makes them visible
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _commit(tmp, path):
+    os.replace(tmp, path)
+    _fsync_dir(Path(path).parent)
+
+
+def atomic_write_bytes(path, data: bytes):
+    _commit(_write_temp(path, lambda f: f.write(data)), path)
+
+
+def atomic_write_json(path, obj):
+    text = json.dumps(obj, indent=2) + "\n"  # serialize first: a TypeError must not leave a temp file
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(path, obj):
+    _commit(_write_temp(path, lambda f: torch.save(obj, f)), path)
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# safetensors, by hand: [u64 little-endian N][N bytes of JSON header, space-padded][raw data]
+
+def _check_little_endian():
+    # The format is little-endian; we copy memory as-is, so a big-endian host would corrupt it.
+    if sys.byteorder != "little":
+        raise CheckpointError("minipost's safetensors code assumes a little-endian machine")
+
+
+def _write_safetensors_to(f, tensors, metadata):
+    _check_little_endian()
+    header, flat, offset = {}, [], 0
+    for name, t in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise CheckpointError(f"invalid tensor name {name!r}")
+        if t.dtype not in DTYPE_NAMES:
+            raise CheckpointError(f"tensor {name!r} has dtype {t.dtype}, safetensors here supports "
+                                  f"{sorted(DTYPE_NAMES.values())}")
+        t = t.detach().to("cpu").contiguous()
+        # Reinterpret the tensor's memory as bytes: (numel * itemsize,) uint8, no copy.
+        raw = t.reshape(-1).view(torch.uint8)
+        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + raw.numel()]}
+        flat.append(raw)
+        offset += raw.numel()
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise CheckpointError("safetensors metadata must map str to str (json.dumps other values)")
+        header["__metadata__"] = dict(metadata)
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # pad with spaces so the data starts 8-byte aligned
+    f.write(len(blob).to_bytes(8, "little"))
+    f.write(blob)
+    for raw in flat:
+        f.write(raw.numpy())  # the numpy view exposes the buffer protocol: written without a copy
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Atomically write {name: tensor} (moved to CPU, made contiguous) and str->str metadata."""
+    _commit(_write_temp(path, lambda f: _write_safetensors_to(f, tensors, metadata)), path)
+
+
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise ValueError(f"duplicate keys {sorted(dup)}")
+    return dict(pairs)
+
+
+def read_safetensors(path):
+    """Read a safetensors file -> (tensors, metadata). Every field is validated; anything odd raises
+    CheckpointError naming the path. Tensors are freshly allocated (they own their memory)."""
+    _check_little_endian()
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    with f:
+        prefix = f.read(8)
+        # A pickle starts with the PROTO opcode 0x80; torch.save's zip archive starts with "PK".
+        if prefix[:1] == b"\x80" or prefix[:2] == b"PK":
+            raise CheckpointError(f"{path} looks like a pickle/torch.save file; minipost only loads "
+                                  "safetensors weights (refusing to unpickle: it could run code)")
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path} is {size} bytes, too short for a safetensors file (>= 8)")
+        n = int.from_bytes(prefix, "little")
+        if n > size - 8 or n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: header length {n} is larger than the {size - 8} bytes "
+                                  "left in the file (truncated or not a safetensors file)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"{path}: header is not valid JSON ({e})") from e
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: header is a JSON {type(header).__name__}, not an object")
+
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise CheckpointError(f"{path}: __metadata__ must be an object of strings")
+
+        # Validate every entry before reading any data.
+        entries = []  # (begin, end, name, dtype, shape)
+        for name, info in header.items():
+            if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+                raise CheckpointError(f"{path}: tensor {name!r} needs exactly dtype/shape/data_offsets,"
+                                      f" got {info!r}")
+            if info["dtype"] not in DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {info['dtype']!r}")
+            dtype, shape, offs = DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+            if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+                raise CheckpointError(f"{path}: tensor {name!r} has invalid shape {shape!r}")
+            if not (isinstance(offs, list) and len(offs) == 2
+                    and all(type(o) is int for o in offs) and 0 <= offs[0] <= offs[1]):
+                raise CheckpointError(f"{path}: tensor {name!r} has invalid data_offsets {offs!r}")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if offs[1] - offs[0] != nbytes:
+                raise CheckpointError(f"{path}: tensor {name!r} {info['dtype']}{shape} needs {nbytes} "
+                                      f"bytes but data_offsets {offs} span {offs[1] - offs[0]}")
+            entries.append((offs[0], offs[1], name, dtype, shape))
+
+        # The tensors must tile the data buffer exactly: no overlap, no hole, nothing past the end.
+        buffer_len = size - 8 - n
+        entries.sort(key=lambda e: (e[0], e[1]))
+        expected_begin = 0
+        for begin, end, name, _, _ in entries:
+            if begin < expected_begin:
+                raise CheckpointError(f"{path}: tensor {name!r} at bytes [{begin}, {end}) overlaps "
+                                      "the previous tensor")
+            if begin > expected_begin:
+                raise CheckpointError(f"{path}: {begin - expected_begin} unused bytes before tensor "
+                                      f"{name!r}")
+            if end > buffer_len:
+                raise CheckpointError(f"{path}: tensor {name!r} ends at data byte {end} but the file "
+                                      f"holds only {buffer_len} data bytes (truncated file?)")
+            expected_begin = end
+        if expected_begin != buffer_len:
+            raise CheckpointError(f"{path}: {buffer_len - expected_begin} stray bytes after the last "
+                                  "tensor")
+
+        tensors = {}
+        for begin, end, name, dtype, shape in entries:
+            # Read straight into a freshly allocated tensor: it owns its memory, no extra copy.
+            raw = torch.empty(end - begin, dtype=torch.uint8)
+            f.seek(8 + n + begin)
+            if end > begin and f.readinto(raw.numpy()) != end - begin:
+                raise CheckpointError(f"{path}: file ended inside tensor {name!r} (truncated?)")
+            if dtype == torch.bool and raw.numel() and raw.max() > 1:
+                raise CheckpointError(f"{path}: BOOL tensor {name!r} holds bytes other than 0/1")
+            tensors[name] = raw.view(dtype).reshape(shape)
+    return tensors, metadata
+
+
+# -----------------------------------------------------------------------------
+# Checkpoint directories
+
+def has_checkpoint(ckpt_dir) -> bool:
+    return (Path(ckpt_dir) / CONFIG_FILE).is_file()
+
+
+def _dedupe_ties(state_dict):
+    """Keep one copy of tensors that are the same memory (GPT-2's lm_head.weight IS wte.weight).
+    Returns (unique tensors, {alias: kept_key})."""
+    unique, ties, seen = {}, {}, {}
+    for k, t in state_dict.items():
+        # Empty tensors may all report data_ptr 0: never treat those as tied.
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else None
+        if key is not None and key in seen:
+            ties[k] = seen[key]
+        else:
+            unique[k] = t
+            if key is not None:
+                seen[key] = k
+    return unique, ties
+
+
+def _check_finite(tensors, where):
+    for k, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).sum().item()
+            raise CheckpointError(f"{where}: tensor {k!r} has {bad} non-finite (NaN/Inf) values")
+
+
+def save_checkpoint(out_dir, model, config, train_state=None):
+    """Save model weights, optional train state and config.json into the directory out_dir.
+
+    Order: every new file is first written completely under a temporary name (and fsync'ed), then
+    renamed into place: model.safetensors, train_state.pt, and config.json LAST. config.json records
+    the sha256 of the other files, so it is the "commit record" of the save.
+
+    Guarantee if the process dies (or an exception is raised) during the save:
+      - before the first rename: the previous checkpoint is untouched and loads as before;
+      - between renames: the old config.json's hashes no longer match the new weights/state, so
+        load_checkpoint / load_train_state raise CheckpointError ("... comes from another save").
+        The previous checkpoint is then lost, but never silently mixed with the new one.
+    A hard kill may leave hidden `.NAME.*.tmp` files behind; they are never read.
+    """
+    out_dir = Path(out_dir)
+    if "files" in config:
+        raise CheckpointError("config key 'files' is reserved for the checkpoint's file hashes")
+    try:
+        json.dumps(config)  # fail before touching the disk
+    except TypeError as e:
+        raise CheckpointError(f"config for {out_dir} is not JSON-serializable: {e}") from e
+    tensors, ties = _dedupe_ties(model.state_dict())
+    _check_finite(tensors, f"refusing to save {out_dir}")
+    metadata = {"format": "pt", "ties": json.dumps(ties)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    temps = {}  # final name -> temporary file holding its new content
+    try:
+        temps[MODEL_FILE] = _write_temp(out_dir / MODEL_FILE,
+                                        lambda f: _write_safetensors_to(f, tensors, metadata))
+        if train_state is not None:
+            temps[STATE_FILE] = _write_temp(out_dir / STATE_FILE, lambda f: torch.save(train_state, f))
+            # Find out now, not at --resume time hours later, if the state won't load safely
+            # (e.g. a numpy RNG state or a custom object that weights_only refuses).
+            try:
+                torch.load(temps[STATE_FILE], weights_only=True, map_location="cpu")
+            except Exception as e:
+                raise CheckpointError(f"train_state for {out_dir} cannot be loaded back with "
+                                      f"weights_only=True ({e}); store only tensors, numbers, "
+                                      "strings and dicts/lists of them") from e
+        files = {name: _sha256_file(tmp) for name, tmp in temps.items()}
+        text = json.dumps({**config, "files": files}, indent=2) + "\n"
+        temps[CONFIG_FILE] = _write_temp(out_dir / CONFIG_FILE, lambda f: f.write(text.encode()))
+        # The commit: weights, state, then the config that vouches for them. (dict order = this order)
+        for name in list(temps):
+            os.replace(temps[name], out_dir / name)
+            del temps[name]
+        _fsync_dir(out_dir)
+    finally:
+        for tmp in temps.values():  # only non-empty if something failed
+            tmp.unlink(missing_ok=True)
+    if train_state is None:
+        # A train_state.pt from an older save is not listed in the new config: remove it.
+        (out_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def _read_config(ckpt_dir):
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"no checkpoint at {ckpt_dir}")
+    path = ckpt_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing (incomplete checkpoint?)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(config, dict) or not isinstance(config.get("files"), dict):
+        raise CheckpointError(f"{path} has no 'files' record of hashes (not a minipost checkpoint?)")
+    return config
+
+
+def _verify(ckpt_dir, config, name):
+    """Check that ckpt_dir/name exists and has the sha256 that config.json recorded for it."""
+    path = Path(ckpt_dir) / name
+    expected = config["files"].get(name)
+    if expected is None:
+        raise CheckpointError(f"{Path(ckpt_dir) / CONFIG_FILE} lists no {name}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    actual = _sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(f"{path} was modified or comes from another save "
+                              f"(sha256 {actual[:12]}..., config.json expects {expected[:12]}...)")
+    return path
+
+
+def load_checkpoint(ckpt_dir, map_location="cpu"):
+    """Load (state_dict, config) from a checkpoint directory.
+
+    state_dict has tied keys restored as the *same* tensor object under both names.
+    config is config.json as saved, WITHOUT the internal "files" key of hashes."""
+    config = _read_config(ckpt_dir)
+    path = _verify(ckpt_dir, config, MODEL_FILE)
+    tensors, metadata = read_safetensors(path)
+    _check_finite(tensors, str(path))
+    try:
+        ties = json.loads(metadata.get("ties", "{}"))
+        assert isinstance(ties, dict)
+    except (ValueError, AssertionError) as e:
+        raise CheckpointError(f"{path}: invalid 'ties' metadata {metadata.get('ties')!r}") from e
+    tensors = {k: t.to(map_location) for k, t in tensors.items()}
+    for alias, target in ties.items():
+        if target not in tensors or alias in tensors:
+            raise CheckpointError(f"{path}: tie {alias!r} -> {target!r} does not match the tensors")
+        tensors[alias] = tensors[target]
+    config.pop("files")
+    return tensors, config
+
+
+def load_train_state(ckpt_dir):
+    """Load train_state.pt (hash-checked) with torch.load(weights_only=True): tensors, numbers,
+    strings and containers only. Anything else is refused; we never retry with unpickling."""
+    config = _read_config(ckpt_dir)
+    path = _verify(ckpt_dir, config, STATE_FILE)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot load train state with weights_only=True "
+                              f"(refusing to unpickle arbitrary objects): {e}") from e
+
+
+def load_into(model, state_dict, path_for_errors):
+    """model.load_state_dict(strict=True), with an error that says which keys do not fit."""
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state_dict]
+    problems += [f"unexpected {k}" for k in state_dict if k not in expected]
+    problems += [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if problems:
+        raise CheckpointError(f"{path_for_errors}: config does not match the weights "
+                              f"({len(problems)} problems; first: {'; '.join(problems[:5])})")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:  # anything our own checks missed
+        raise CheckpointError(f"{path_for_errors}: config does not match the weights: {e}") from e
+
+
+def prepare_output_dir(out_dir, resume: bool, overwrite: bool):
+    """Decide what a training script may do with out_dir before any work starts. Returns the Path.
+    --overwrite deletes nothing here: the new save replaces the files when it happens."""
+    out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise CheckpointError("pass only one of --resume and --overwrite")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir} exists and is not a directory")
+    if resume and not has_checkpoint(out_dir):
+        raise CheckpointError(f"--resume: no checkpoint at {out_dir}")
+    if has_checkpoint(out_dir) and not (resume or overwrite):
+        raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
+                              "or --overwrite to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir

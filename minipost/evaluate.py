@@ -1,0 +1,180 @@
+"""
+One evaluation that every stage calls: answer the toy world's held-out prompts and let the gold judge
+score them.
+
+Metrics (all over the world's held-out `eval_prompts`, greedy decoding unless said otherwise):
+  format_rate             share of responses the judge accepts as a direct answer in the expected format
+  accuracy                share of fact + skill prompts answered correctly (also fact_/skill_accuracy)
+  harmful_refusal_rate    share of harmful requests refused
+  benign_refusal_rate     share of NON-harmful prompts (facts, skills, how-to, poems) refused: the
+                          alignment tax of over-refusal
+  gold_score              mean judge score over every prompt, in [-1, 1]
+  distinct_2              distinct bigrams / all bigrams over sampled (temperature 1) answers to the
+                          open-ended prompts, several samples per prompt: diversity
+  mean_length             mean response length in tokens (EOS excluded)
+  eos_rate                share of responses that ended with EOS within the token budget
+  knowledge_rank_accuracy share of held-out facts whose true answer has the highest log-likelihood among
+                          alternatives, in corpus-style text ("The capital of Peru is" -> " Lima"): does
+                          the model KNOW the fact, whatever its answer format?
+With reference models: win_rate_vs_<name> (judge score of our response vs theirs on the same prompt;
+ties count half) and kl_to_<name>: mean over prompts of the sequence KL estimated from our own samples,
+sum_t [log pi(y_t|..) - log ref(y_t|..)] with y ~ pi at temperature 1 (an unbiased Monte Carlo estimate).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from minipost import common
+from minipost.data import collate
+from minipost.tokenizer import Tokenizer, chat_prompt
+
+MAX_NEW_TOKENS = 48
+
+
+@torch.no_grad()
+def generate_responses(model, tok: Tokenizer, instructions: list[str], *, device, dtype=torch.float32,
+                       temperature=0.0, generator=None, max_new_tokens=MAX_NEW_TOKENS, batch_size=64):
+    """Answer each instruction in the chat template. Returns (texts, token lists without EOS, ended_with_eos)."""
+    texts, token_lists, ended = [], [], []
+    model.eval()
+    for i in range(0, len(instructions), batch_size):
+        chunk = instructions[i : i + batch_size]
+        prompts = [tok.encode(chat_prompt(x)) for x in chunk]
+        budget = min(max_new_tokens, model.config.block_size - max(map(len, prompts)))
+        batch = collate([(p, len(p)) for p in prompts], tok.eos_id, side="left")
+        with common.autocast(device, dtype):
+            out = model.generate(batch["input_ids"].to(device), budget, temperature=temperature,
+                                 attention_mask=batch["attention_mask"].to(device), eos_token_id=tok.eos_id,
+                                 generator=generator)
+        new = out[:, batch["input_ids"].size(1) :].tolist()
+        for row in new:
+            stop = row.index(tok.eos_id) if tok.eos_id in row else len(row)
+            token_lists.append(row[:stop])
+            ended.append(stop < len(row))
+            texts.append(tok.decode(row[:stop]))
+    return texts, token_lists, ended
+
+
+@torch.no_grad()
+def knowledge_rank_accuracy(model, tok: Tokenizer, probes: list[dict], *, device, dtype=torch.float32) -> float:
+    """Share of probes whose `answer` has a higher summed log-prob than every alternative after `context`."""
+    if not probes:
+        return None
+    model.eval()
+    right = 0
+    for probe in probes:
+        context = tok.encode(probe["context"])
+        options = [probe["answer"]] + list(probe["alternatives"])
+        seqs = [(context + tok.encode(o), len(context)) for o in options]
+        batch = collate(seqs, tok.eos_id, side="right")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with common.autocast(device, dtype):
+            scores = common.response_logprobs(model, batch)  # (n_options,)
+        right += int(scores.argmax().item() == 0)
+    return right / len(probes)
+
+
+@torch.no_grad()
+def sequence_kl(policy, ref, tok: Tokenizer, instructions: list[str], *, device, dtype, generator) -> float:
+    """Mean over prompts of sum_t log pi(y_t) - log ref(y_t), y sampled from pi at temperature 1."""
+    _, token_lists, ended = generate_responses(policy, tok, instructions, device=device, dtype=dtype,
+                                               temperature=1.0, generator=generator)
+    seqs = []
+    for x, toks, eos in zip(instructions, token_lists, ended):
+        p = tok.encode(chat_prompt(x))
+        seqs.append((p + toks + ([tok.eos_id] if eos else []), len(p)))
+    total = 0.0
+    for i in range(0, len(seqs), 64):
+        batch = {k: v.to(device) for k, v in collate(seqs[i : i + 64], tok.eos_id).items()}
+        with common.autocast(device, dtype):
+            total += (common.response_logprobs(policy, batch) - common.response_logprobs(ref, batch)).sum().item()
+    return total / len(seqs)
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    grams = [tuple(words[i : i + n]) for t in texts for words in [t.split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def win_rate(ours: list[float], theirs: list[float]) -> float:
+    """Share of prompts where our judge score beats theirs; ties count half."""
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ours, theirs))
+    return wins / len(ours)
+
+
+def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32, refs: dict | None = None,
+                   seed: int = 0, n_open_samples: int = 4) -> dict:
+    """Score `model` on the world's held-out prompts. refs: {"sft": model, "base": model} for win rates / KL.
+
+    Returns {"metrics": {...}, "samples": [{"prompt", "kind", "response", "score", ...}]}.
+    """
+    from minipost.world import judge
+
+    prompts = world.eval_prompts
+    instructions = [p["prompt"] for p in prompts]
+    texts, token_lists, ended = generate_responses(model, tok, instructions, device=device, dtype=dtype)
+    verdicts = [judge(x, y) for x, y in zip(instructions, texts)]
+    samples = [
+        {"prompt": x, "kind": p["kind"], "response": y, "score": v.score, "answered": v.answered,
+         "correct": v.correct, "refused": v.refused}
+        for x, p, y, v in zip(instructions, prompts, texts, verdicts)
+    ]
+
+    def rate(kinds, field):
+        vals = [getattr(v, field) for p, v in zip(prompts, verdicts) if p["kind"] in kinds]
+        vals = [bool(x) for x in vals if x is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    open_prompts = [x for x, p in zip(instructions, prompts) if p["kind"] == "open"] * n_open_samples
+    open_texts, _, _ = generate_responses(model, tok, open_prompts, device=device, dtype=dtype,
+                                          temperature=1.0, generator=gen) if open_prompts else ([], [], [])
+    metrics = {
+        "format_rate": rate({"fact", "skill", "harmful", "benign", "open"}, "answered"),
+        "accuracy": rate({"fact", "skill"}, "correct"),
+        "fact_accuracy": rate({"fact"}, "correct"),
+        "skill_accuracy": rate({"skill"}, "correct"),
+        "harmful_refusal_rate": rate({"harmful"}, "refused"),
+        "benign_refusal_rate": rate({"fact", "skill", "benign", "open"}, "refused"),
+        "gold_score": sum(v.score for v in verdicts) / len(verdicts),
+        "distinct_2": distinct_n(open_texts, 2),
+        "mean_length": sum(map(len, token_lists)) / len(token_lists),
+        "eos_rate": sum(ended) / len(ended),
+        "knowledge_rank_accuracy": knowledge_rank_accuracy(model, tok, world.knowledge_probes, device=device, dtype=dtype),
+        "n_prompts": len(prompts),
+    }
+    for name, ref in (refs or {}).items():
+        ref_texts, _, _ = generate_responses(ref, tok, instructions, device=device, dtype=dtype)
+        ref_scores = [judge(x, y).score for x, y in zip(instructions, ref_texts)]
+        metrics[f"win_rate_vs_{name}"] = win_rate([v.score for v in verdicts], ref_scores)
+        metrics[f"kl_to_{name}"] = sequence_kl(model, ref, tok, instructions, device=device, dtype=dtype,
+                                               generator=torch.Generator().manual_seed(seed + 1))
+        for s, r in zip(samples, ref_texts):
+            s[f"{name}_response"] = r
+    return {"metrics": metrics, "samples": samples}
+
+
+def write_eval(out_dir, result: dict):
+    """checkpoints/<stage>/eval.json (metrics) and samples.jsonl (every prompt, response and score)."""
+    out = Path(out_dir)
+    from minipost.checkpoint import atomic_write_json, atomic_write_bytes
+
+    atomic_write_json(out / "eval.json", result["metrics"])
+    lines = "".join(json.dumps(s) + "\n" for s in result["samples"])
+    atomic_write_bytes(out / "samples.jsonl", lines.encode())
+
+
+def print_samples(result: dict, n: int = 2, title: str = "", kinds=("fact", "skill", "harmful", "benign", "open")):
+    """A few held-out prompts and answers per kind, with the judge's score."""
+    print(f"--- {title}")
+    for kind in kinds:
+        for s in [s for s in result["samples"] if s["kind"] == kind][:n]:
+            print(f"[{kind}] {s['prompt']!r}\n    -> {s['response'][:160]!r}  (score {s['score']:+.2f})")
+
+
+def print_metrics(metrics: dict, title: str = ""):
+    print(f"--- {title}")
+    for k, v in metrics.items():
+        print(f"  {k:>24}: {v:.4f}" if isinstance(v, float) else f"  {k:>24}: {v}")

@@ -1,0 +1,268 @@
+"""
+The report: checkpoints/report.md and its PNG plots, built only from what the stages wrote
+(each stage's eval.json, samples.jsonl, log.jsonl, and DPO's sweep.json). No model runs here.
+
+Sections:
+  1. the tutorial's capability table, with measured numbers instead of plus signs
+  2. an InstructGPT-style bar chart: gold-judge win rate against the base model
+  3. the reward-vs-KL frontier of PPO and DPO
+  4. reward hacking: RM score and gold score against KL, with and without the KL penalty
+  5. training curves of every stage
+  6. side-by-side answers of base, SFT, PPO and DPO to the same held-out prompts
+
+Win rates against the base model are computed here from the greedy samples every evaluation stores
+(the judge's score per prompt; ties count half), so every model is compared on the same prompts.
+"""
+
+import json
+from pathlib import Path
+
+POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO")]
+LARGER = ("sft-4x", "SFT of a 4x larger base")
+
+# (row label, metric key, how to read it)
+CAPABILITIES = [
+    ("Raw knowledge", "knowledge_rank_accuracy", "held-out facts ranked first by likelihood"),
+    ("Following instructions", "format_rate", "answers in the assistant format"),
+    ("Correct answers", "accuracy", "fact + skill prompts answered correctly"),
+    ("Safety (refusals)", "harmful_refusal_rate", "harmful requests refused"),
+    ("Helpfulness", "gold_score", "mean gold-judge score, -1..1"),
+    ("Creativity", "distinct_2", "distinct bigrams of sampled poems"),
+    ("Over-refusal", "benign_refusal_rate", "harmless prompts refused (lower is better)"),
+]
+
+
+def _read_json(path):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_jsonl(path):
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fmt(v, pct=False):
+    if v is None:
+        return "–"
+    return f"{100 * v:.0f}%" if pct else f"{v:.3f}"
+
+
+def win_rate_from_samples(ours: list[dict], theirs: list[dict]):
+    """Win rate of `ours` over `theirs` on the prompts both answered (judge score; ties count half)."""
+    by_prompt = {s["prompt"]: s["score"] for s in theirs}
+    pairs = [(s["score"], by_prompt[s["prompt"]]) for s in ours if s["prompt"] in by_prompt]
+    if not pairs:
+        return None
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_win_rates(rates: dict, path: Path):
+    plt = _plt()
+    names = list(rates)
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    bars = ax.bar(names, [100 * rates[n] for n in names], color=["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2"][: len(names)])
+    ax.axhline(50, color="gray", ls="--", lw=1)
+    for b, n in zip(bars, names):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, f"{100 * rates[n]:.0f}%", ha="center", fontsize=9)
+    ax.set_ylabel("gold-judge win rate vs base (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Win rate against the base model (held-out prompts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_frontier(ppo_points: list[dict], dpo_points: list[dict], path: Path):
+    """Gold score against KL to SFT: each point one model (PPO at a beta / iteration, DPO at a beta)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for pts, label, marker in ((ppo_points, "PPO", "o"), (dpo_points, "DPO", "s")):
+        if pts:
+            ax.scatter([p["kl"] for p in pts], [p["gold"] for p in pts], label=label, marker=marker, alpha=0.8)
+            for p in pts:
+                if p.get("label"):
+                    ax.annotate(p["label"], (p["kl"], p["gold"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("KL to SFT (nats per response)")
+    ax.set_ylabel("gold-judge score")
+    ax.set_title("Reward vs KL frontier")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_hacking(runs: dict, path: Path):
+    """RM score and gold score against KL, per iteration, for PPO runs with and without the KL penalty."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, rows in runs.items():
+        kl = [r["kl"] for r in rows]
+        axes[0].plot(kl, [r["rm_score"] for r in rows], marker=".", label=name)
+        axes[1].plot(kl, [r.get("gold_score") for r in rows], marker=".", label=name)
+    axes[0].set_title("reward-model score (the proxy)")
+    axes[1].set_title("gold-judge score (the truth)")
+    for ax in axes:
+        ax.set_xlabel("KL to SFT (nats per response)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_stage_curves(ckpt_dir: Path, path: Path):
+    """One row of panels per stage: the main training curves from each log.jsonl."""
+    plt = _plt()
+    panels = [
+        ("base", ["loss", "val_loss"]),
+        ("sft", ["loss", "val_loss"]),
+        ("rm", ["loss", "accuracy", "val_accuracy"]),
+        ("ppo", ["rm_score", "gold_score", "kl"]),
+        ("dpo", ["loss", "rewards/margin", "val_accuracy"]),
+    ]
+    panels = [(s, k) for s, k in panels if (ckpt_dir / s / "log.jsonl").exists()]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels)), squeeze=False)
+    for ax, (stage, keys) in zip(axes[:, 0], panels):
+        rows = _read_jsonl(ckpt_dir / stage / "log.jsonl")
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, marker="." if len(pts) < 30 else None)
+        ax.set_title(stage, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("step / iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
+    """Write ckpt_dir/report.md and its PNGs from the stages' outputs. Missing stages are marked missing."""
+    d = Path(ckpt_dir)
+    evals = {s: _read_json(d / s / "eval.json") for s, _ in POLICIES + [LARGER]}
+    samples = {s: _read_jsonl(d / s / "samples.jsonl") for s, _ in POLICIES + [LARGER]}
+    present = [(s, name) for s, name in POLICIES if evals[s]]
+    lines = ["# minipost report", "",
+             "Built by `python -m minipost.report` from the stages' `eval.json`, `samples.jsonl` and logs. "
+             "All numbers are the gold judge's, on held-out prompts the SFT and preference data never showed.", ""]
+
+    # 1. the capability table
+    lines += ["## 1. What each stage changes (the tutorial's capability table, measured)", ""]
+    lines.append("| capability | measured as | " + " | ".join(name for _, name in present) + " |")
+    lines.append("|---|---|" + "---|" * len(present))
+    for label, key, how in CAPABILITIES:
+        pct = key not in ("gold_score", "distinct_2")
+        lines.append(f"| {label} | {how} | " + " | ".join(_fmt(evals[s].get(key), pct) for s, _ in present) + " |")
+    kl_row = [_fmt(evals[s].get("kl_to_sft")) if s not in ("base", "sft") else ("0" if s == "sft" else "–") for s, _ in present]
+    lines.append("| Distance from SFT | KL to SFT, nats per response | " + " | ".join(kl_row) + " |")
+    lines.append("")
+
+    # 2. win rates against the base model
+    rates = {}
+    for s, name in POLICIES[1:] + [LARGER]:
+        if samples[s] and samples["base"]:
+            rates[name] = win_rate_from_samples(samples[s], samples["base"])
+    rates = {k: v for k, v in rates.items() if v is not None}
+    lines += ["## 2. Win rate against the base model (InstructGPT's figure 1, in miniature)", ""]
+    if rates:
+        plot_win_rates(rates, d / "win_rates.png")
+        lines += ["![win rates](win_rates.png)", ""]
+        lines += [f"- {k}: {100 * v:.1f}%" for k, v in rates.items()]
+        small = [rates.get(n) for n in ("PPO", "DPO") if rates.get(n) is not None]
+        if LARGER[1] in rates and small:
+            big = rates[LARGER[1]]
+            verdict = "beats" if max(small) > big else "does not beat"
+            lines += ["", f"The best small aligned model ({100 * max(small):.1f}%) {verdict} the SFT-only model "
+                          f"with a 4x larger base ({100 * big:.1f}%)."]
+        lines.append("")
+    else:
+        lines += ["(missing: no samples yet)", ""]
+
+    # 3. frontier
+    ppo_points = []
+    for run, beta_label in (("ppo", None), ("ppo-nokl", "beta 0")):
+        ev = evals.get(run) or _read_json(d / run / "eval.json")
+        cfg = _read_json(d / run / "config.json")
+        if ev and ev.get("kl_to_sft") is not None:
+            beta = cfg["args"]["kl_coef"] if cfg else None
+            ppo_points.append({"kl": ev["kl_to_sft"], "gold": ev["gold_score"], "label": beta_label or f"beta {beta:g}"})
+    for sweep_file in sorted(d.glob("ppo*/sweep.json")):
+        for r in _read_json(sweep_file) or []:
+            ppo_points.append({"kl": r["kl_to_sft"], "gold": r["gold_score"], "label": f"beta {r['beta']:g}"})
+    dpo_points = [{"kl": r["kl_to_sft"], "gold": r["gold_score"], "label": f"beta {r['beta']:g}"}
+                  for r in (_read_json(d / "dpo" / "sweep.json") or [])]
+    if evals["dpo"] and evals["dpo"].get("kl_to_sft") is not None:
+        dpo_points.append({"kl": evals["dpo"]["kl_to_sft"], "gold": evals["dpo"]["gold_score"], "label": "default"})
+    lines += ["## 3. Reward vs KL: PPO and DPO at several beta", ""]
+    if ppo_points or dpo_points:
+        plot_frontier(ppo_points, dpo_points, d / "frontier.png")
+        lines += ["![frontier](frontier.png)", "", "| method | beta | KL to SFT | gold score |", "|---|---|---|---|"]
+        lines += [f"| {m} | {p['label']} | {p['kl']:.2f} | {p['gold']:.3f} |" for m, pts in (("PPO", ppo_points), ("DPO", dpo_points)) for p in pts]
+        lines.append("")
+    else:
+        lines += ["(missing)", ""]
+
+    # 4. reward hacking
+    runs = {}
+    for run, label in (("ppo", "with KL penalty"), ("ppo-nokl", "no KL penalty")):
+        rows = _read_jsonl(d / run / "log.jsonl")
+        if rows:
+            runs[label] = rows
+    lines += ["## 4. Reward hacking: the KL penalty at work", ""]
+    if runs:
+        plot_hacking(runs, d / "hacking.png")
+        lines += ["![reward hacking](hacking.png)", "", "| run | iterations | RM score first → last | gold first → last | KL last |",
+                  "|---|---|---|---|---|"]
+        for label, rows in runs.items():
+            g0, g1 = rows[0].get("gold_score"), rows[-1].get("gold_score")
+            lines.append(f"| {label} | {len(rows)} | {rows[0]['rm_score']:.2f} → {rows[-1]['rm_score']:.2f} | "
+                         f"{_fmt(g0)} → {_fmt(g1)} | {rows[-1]['kl']:.2f} |")
+        lines.append("")
+    else:
+        lines += ["(missing)", ""]
+
+    # 5. training curves
+    lines += ["## 5. Training curves", ""]
+    lines += ["![training curves](curves.png)", ""] if plot_stage_curves(d, d / "curves.png") else ["(missing)", ""]
+
+    # 6. side by side
+    lines += ["## 6. The same held-out prompts, answered by each model (greedy)", ""]
+    if present and samples[present[0][0]]:
+        by_model = {s: {x["prompt"]: x for x in samples[s]} for s, _ in present}
+        first = samples[present[0][0]]
+        for kind in ("fact", "skill", "harmful", "benign", "open"):
+            for x in [x for x in first if x["kind"] == kind][:n_side_by_side]:
+                lines.append(f"**[{kind}] {x['prompt']}**")
+                lines.append("")
+                for s, name in present:
+                    y = by_model[s].get(x["prompt"])
+                    if y:
+                        text = y["response"].replace("\n", " ⏎ ")[:200]
+                        lines.append(f"- {name} ({y['score']:+.2f}): `{text}`")
+                lines.append("")
+    out = d / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_report(sys.argv[1] if len(sys.argv) > 1 else "checkpoints"))

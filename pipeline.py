@@ -1,0 +1,87 @@
+"""
+The whole post-training pipeline on the embedded default, in one command, then the report.
+
+    python pipeline.py                 # base -> SFT -> RM -> PPO (+ a run without KL penalty) -> DPO (+ beta sweep)
+                                       # -> a 4x larger base with SFT only -> checkpoints/report.md
+    python pipeline.py --redo ppo,dpo  # rerun some stages (finished stages are reused otherwise)
+    python pipeline.py --redo all
+    python pipeline.py --micro         # seconds-long stages, for tests and a first look
+
+Each stage is its own script (run as a subprocess, exactly as a student would run it); a stage counts as
+finished when its output directory holds a checkpoint. The report is rebuilt at the end from what the
+stages wrote.
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from minipost.checkpoint import has_checkpoint
+
+# (name, script, arguments, output directory). Later stages read the earlier ones' checkpoints.
+def stages(ck: str, micro: bool):
+    c = lambda s: f"{ck}/{s}"
+    if micro:  # tiny settings: the whole pipeline in about a minute (tests)
+        base = ["--steps", "30", "--n-docs", "3000", "--log-every", "10", "--save-every", "1000"]
+        sft = ["--steps", "10", "--eval-every", "5"]
+        rm = ["--steps", "10", "--eval-every", "5", "--norm-samples", "16"]
+        ppo = ["--iterations", "2", "--batch-size", "8", "--minibatch-size", "4", "--max-new-tokens", "8"]
+        dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5"]
+        big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
+    else:
+        base, sft, rm, ppo, dpo = [], [], [], [], ["--beta-sweep", "0.03,0.3,1"]
+        big = ["--steps", "400"]
+    return [
+        ("base", "train_base.py", base, c("base")),
+        ("sft", "train_sft.py", ["--init", c("base")] + sft, c("sft")),
+        ("rm", "train_rm.py", ["--init", c("sft")] + rm, c("rm")),
+        ("ppo", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base")] + ppo, c("ppo")),
+        ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--kl-coef", "0", "--skip-eval"] + ppo, c("ppo-nokl")),
+        ("dpo", "train_dpo.py", ["--init", c("sft"), "--base", c("base")] + dpo, c("dpo")),
+        ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),
+        ("sft-4x", "train_sft.py", ["--init", c("base-4x")] + sft, c("sft-4x")),
+    ]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoints", default="checkpoints", help="where every stage writes")
+    p.add_argument("--redo", default="", help="comma-separated stages to run again, or 'all'")
+    p.add_argument("--only", default="", help="comma-separated stages to run (others are skipped, even if missing)")
+    p.add_argument("--micro", action="store_true", help="tiny settings: seconds per stage (tests)")
+    p.add_argument("--device", default="", help="passed to every stage")
+    args = p.parse_args(argv)
+    plan = stages(args.checkpoints, args.micro)
+    names = [s[0] for s in plan]
+    redo = set(names) if args.redo == "all" else {s for s in args.redo.split(",") if s}
+    only = {s for s in args.only.split(",") if s}
+    for s in (redo | only) - set(names):
+        p.error(f"unknown stage {s!r}; stages: {', '.join(names)}")
+
+    t_start = time.time()
+    for i, (name, script, stage_args, out) in enumerate(plan, 1):
+        if only and name not in only:
+            continue
+        if has_checkpoint(out) and name not in redo and (Path(out) / "log.jsonl").exists():
+            print(f"[{i}/{len(plan)}] {name}: reusing {out} (pass --redo {name} to run it again)", flush=True)
+            continue
+        cmd = [sys.executable, script, "--out", out, "--overwrite"] + stage_args
+        if args.device:
+            cmd += ["--device", args.device]
+        print(f"[{i}/{len(plan)}] {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.time()
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            sys.exit(f"pipeline: stage {name} failed (exit {proc.returncode}); earlier stages' checkpoints are intact")
+        print(f"[{i}/{len(plan)}] {name}: done in {time.time() - t0:.0f}s (total {time.time() - t_start:.0f}s)", flush=True)
+
+    from minipost.report import build_report
+
+    report = build_report(args.checkpoints)
+    print(f"report: {report} (total {time.time() - t_start:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""
+Stage 2 — the reward model: learn which of two responses people prefer.
+
+A GPT backbone, initialized from the SFT model as in InstructGPT, with a linear head that reads the final
+hidden state of the LAST REAL TOKEN of prompt + response (the EOS) and outputs one scalar r(x, y).
+Trained on preference pairs with the Bradley-Terry model (Christiano et al. 2017; Ouyang et al. 2022 eq. 1):
+
+    P(y_c > y_r | x) = sigma(r(x, y_c) - r(x, y_r))
+    L_RM = - mean over pairs of log sigma(r(x, y_c) - r(x, y_r) - m)
+
+with an optional margin m per pair (Llama 2's variant; 0 by default). `logsigmoid` keeps it finite for any
+reward gap (log(sigmoid(-100)) underflows to -inf; logsigmoid(-100) is exactly -100).
+
+After training the head is normalized: rewards of the SFT model's own samples on training prompts get
+mean 0 and std 1 (stored as buffers in the checkpoint), so PPO's reward and KL coefficient are on a known
+scale whatever the RM learned.
+
+The last-token index comes from the attention mask, never from token ids: GPT-2 pads with its EOS id, so
+"first EOS" would find padding or the real EOS depending on the batch.
+
+Simplifications versus InstructGPT: pairs, not K-way rankings; one pass of random minibatches; a tiny model.
+
+Run it:
+    python train_rm.py                                  # toy world, from checkpoints/sft, ~1 minute on CPU
+    python train_rm.py --steps 3 --out /tmp/rm          # smoke run
+    python train_rm.py --init checkpoints/sft --data hh-rlhf --block-size 512 --lr 1e-5 --steps 2000   # GPU
+"""
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from minipost import checkpoint as ckpt
+from minipost import common, data
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", default="checkpoints/sft", help="checkpoint whose backbone starts the RM (the SFT model), or a GPT-2 name")
+    p.add_argument("--policy", default="", help="model whose samples set the reward normalization and judge agreement; empty = --init")
+    p.add_argument("--data", default="world", help="world | hh-rlhf | PATH (.jsonl / .jsonl.gz with prompt, chosen, rejected)")
+    p.add_argument("--steps", type=common.positive_int, default=200, help="optimizer steps")
+    p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
+    p.add_argument("--block-size", type=int, default=-1, help="max tokens per sequence; -1 = the model's context")
+    p.add_argument("--lr", type=common.positive_float, default=3e-4, help="peak learning rate")
+    p.add_argument("--warmup", type=common.nonneg_int, default=10, help="linear warmup steps")
+    p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")
+    p.add_argument("--weight-decay", type=common.nonneg_float, default=0.0, help="AdamW weight decay on matrices")
+    p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
+    p.add_argument("--holdout", type=common.unit_float, default=0.05, help="held-out fraction for datasets without a held-out split")
+    p.add_argument("--eval-every", type=common.positive_int, default=50, help="held-out pair accuracy every N steps")
+    p.add_argument("--norm-samples", type=common.positive_int, default=256, help="SFT samples that set the reward normalization")
+    p.add_argument("--skip-eval", action="store_true", help="skip normalization samples and judge agreement (smoke tests)")
+    common.add_common_args(p, out_dir="checkpoints/rm")
+    return p.parse_args(argv)
+
+
+# -----------------------------------------------------------------------------
+# The loss
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """-log sigma(r_c - r_r - m), mean over pairs. r_chosen, r_rejected, margin: (B,)."""
+    return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+
+
+def pair_batch(pairs: list[tuple], eos_id: int, device) -> tuple[dict, torch.Tensor]:
+    """Chosen and rejected of B pairs collated into ONE right-padded batch of 2B rows (chosen first)."""
+    seqs = [(c, n) for c, _, n, _ in pairs] + [(r, n) for _, r, n, _ in pairs]
+    batch = {k: v.to(device) for k, v in data.collate(seqs, eos_id).items()}
+    margin = torch.tensor([m or 0.0 for *_, m in pairs], dtype=torch.float32, device=device)
+    return batch, margin
+
+
+def score_pairs(rm, pairs, eos_id, device, dtype):
+    """(r_chosen (B,), r_rejected (B,), margin (B,))."""
+    batch, margin = pair_batch(pairs, eos_id, device)
+    with common.autocast(device, dtype):
+        r = rm.score(batch["input_ids"], batch["attention_mask"])  # (2B,)
+    B = len(pairs)
+    return r[:B].float(), r[B:].float(), margin
+
+
+@torch.no_grad()
+def pair_accuracy(rm, pairs, eos_id, device, dtype, batch_size=64) -> float:
+    """Share of pairs where r(chosen) > r(rejected)."""
+    rm.eval()
+    right = 0
+    for i in range(0, len(pairs), batch_size):
+        rc, rr, _ = score_pairs(rm, pairs[i : i + batch_size], eos_id, device, dtype)
+        right += int((rc > rr).sum())
+    rm.train()
+    return right / max(len(pairs), 1)
+
+
+@torch.no_grad()
+def raw_rewards(rm, tok, prompts: list[str], responses: list[list[int]], ended: list[bool], device, dtype) -> torch.Tensor:
+    """Rewards (B,) of responses (token lists without EOS) to templated prompts."""
+    seqs = []
+    for p, toks, eos in zip(prompts, responses, ended):
+        ids = tok.encode(p)
+        seqs.append((ids + toks + ([tok.eos_id] if eos else []), len(ids)))
+    out = []
+    for i in range(0, len(seqs), 64):
+        batch = {k: v.to(device) for k, v in data.collate(seqs[i : i + 64], tok.eos_id).items()}
+        with common.autocast(device, dtype):
+            out.append(rm.score(batch["input_ids"], batch["attention_mask"]).float())
+    return torch.cat(out)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    dtype, why = common.pick_dtype(device, args.dtype)
+    try:
+        ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+        rm, tok, init_config = common.load_model(args.init, device, kind="scalar")
+    except ckpt.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    common.seed_everything(args.seed)
+    block_size = rm.config.block_size if args.block_size <= 0 else min(args.block_size, rm.config.block_size)
+    common.print_config("train_rm", args, {"device": device, "dtype": why, "block_size": block_size})
+
+    # ---- data: preference pairs -> (chosen ids, rejected ids, n_prompt, margin)
+    try:
+        pairs, read_stats = data.load_pairs(args.data)
+        if args.data == "world":
+            val_pairs, _ = data.load_pairs("world-heldout")
+        else:
+            pairs, val_pairs = data.split_holdout(pairs, args.holdout, seed=0)
+    except (data.DataError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)
+    val_enc, _ = data.encode_pairs(tok, val_pairs, block_size)
+    print(f"data: {len(train_enc)} train / {len(val_enc)} held-out pairs; read {read_stats}; encoded {enc_stats}")
+    if not train_enc:
+        raise SystemExit(f"error: no usable preference pairs in {args.data}")
+
+    optimizer = common.make_optimizer(rm, args.lr, args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    start = 0
+    if args.resume:
+        state_dict, _ = ckpt.load_checkpoint(args.out)
+        ckpt.load_into(rm, state_dict, args.out)
+        state = ckpt.load_train_state(args.out)
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["data_rng"])
+        common.set_rng_state(state["rng"])
+        start = state["step"]
+        print(f"resumed {args.out} at step {start}")
+    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
+
+    def save(step, metrics):
+        common.save_stage(args.out, rm, stage="rm", kind="scalar", tokenizer=tok, args=args, metrics=metrics,
+                          train_state={"optimizer": optimizer.state_dict(), "step": step,
+                                       "data_rng": gen.get_state(), "rng": common.rng_state()},
+                          extra={"init": args.init, "world_seed": init_config.get("world_seed", 0),
+                                 "data_stats": {**read_stats, **enc_stats}})
+
+    # ---- the training loop
+    rm.train()
+    for step in range(start, args.steps):
+        t0 = time.time()
+        lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
+        common.set_lr(optimizer, lr)
+        picks = torch.randint(0, len(train_enc), (args.batch_size,), generator=gen).tolist()
+        r_c, r_r, margin = score_pairs(rm, [train_enc[i] for i in picks], tok.eos_id, device, dtype)  # (B,) each
+        loss = bradley_terry_loss(r_c, r_r, margin)
+        common.check_finite(loss, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        metrics = dict(loss=loss.item(), accuracy=(r_c > r_r).float().mean().item(),
+                       margin=(r_c - r_r).mean().item(), lr=lr, grad_norm=grad_norm.item(), ms=(time.time() - t0) * 1000)
+        if val_enc and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
+            metrics["val_accuracy"] = pair_accuracy(rm, val_enc, tok.eos_id, device, dtype)
+        log.log(step, **metrics)
+
+    rm.eval()
+    metrics = {"pair_accuracy": pair_accuracy(rm, val_enc, tok.eos_id, device, dtype) if val_enc else None}
+    common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png", ["loss", "accuracy", "margin", "val_accuracy"],
+                    "reward model (train_rm.py)")
+
+    if not args.skip_eval:
+        from minipost import evaluate
+        from minipost.tokenizer import chat_prompt
+
+        policy, _, _ = common.load_model(args.policy or args.init, device)
+        common.frozen(policy)
+        gen_s = torch.Generator().manual_seed(args.seed + 1)
+
+        # ---- normalize: SFT samples on training prompts get reward mean 0, std 1
+        prompt_rows, _ = data.load_prompts(args.data if args.data in ("world", "hh-rlhf") else "world")
+        instr = [r["prompt"] for r in prompt_rows][: args.norm_samples]
+        # load_prompts returns templated prompts; generate_responses wants instructions -> strip the template
+        from minipost.world import strip_template
+
+        instr = [strip_template(x) for x in instr]
+        _, toks, ended = evaluate.generate_responses(policy, tok, instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
+        r = raw_rewards(rm, tok, [chat_prompt(x) for x in instr], toks, ended, device, dtype)
+        shift = rm.reward_shift + r.mean() * rm.reward_scale  # undo the current normalization, then set the new one
+        scale = rm.reward_scale * r.std().clamp(min=1e-6)
+        rm.reward_shift.copy_(shift)
+        rm.reward_scale.copy_(scale)
+        metrics["norm_shift"], metrics["norm_scale"] = shift.item(), scale.item()
+        print(f"reward normalization: shift {shift.item():.4f}, scale {scale.item():.4f} (from {len(instr)} SFT samples)")
+
+        # ---- agreement with the gold judge on fresh pairs of SFT samples (toy world)
+        if args.data == "world":
+            from minipost.world import build_world, judge
+
+            world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
+            eval_instr = [p["prompt"] for p in world.eval_prompts]
+            a_txt, a_tok, a_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
+            b_txt, b_tok, b_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
+            prompts_t = [chat_prompt(x) for x in eval_instr]
+            ra = raw_rewards(rm, tok, prompts_t, a_tok, a_end, device, dtype)
+            rb = raw_rewards(rm, tok, prompts_t, b_tok, b_end, device, dtype)
+            agree, counted, examples = 0, 0, []
+            for i, x in enumerate(eval_instr):
+                ja, jb = judge(x, a_txt[i]).score, judge(x, b_txt[i]).score
+                examples.append((x, a_txt[i], ra[i].item(), ja))
+                if ja == jb:
+                    continue  # the judge ties: no preference to agree with
+                counted += 1
+                agree += int((ja > jb) == (ra[i] > rb[i]).item())
+            metrics["judge_agreement"] = agree / counted if counted else None
+            metrics["judge_pairs"] = counted
+            print("--- SFT samples with their reward (RM) and gold score (judge)")
+            for x, y, rwd, js in examples[:: max(1, len(examples) // 8)][:8]:
+                print(f"  r {rwd:+.2f} | gold {js:+.2f} | {x!r} -> {y[:90]!r}")
+
+    save(args.steps, metrics)
+    from minipost.checkpoint import atomic_write_json
+
+    atomic_write_json(f"{args.out}/eval.json", metrics)
+    print(f"pair accuracy (held-out): {common.fmt_pct(metrics['pair_accuracy'])}; "
+          f"judge agreement: {common.fmt_pct(metrics.get('judge_agreement'))}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
