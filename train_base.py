@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", default="tiny", help="model shape to train from scratch (minipost/model.py PRESETS)")
     p.add_argument("--n-docs", type=common.positive_int, default=60000, help="documents in the toy-world corpus")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the toy world (facts split, corpus, demos)")
-    p.add_argument("--steps", type=common.positive_int, default=1250, help="optimizer steps")
+    p.add_argument("--steps", type=common.positive_int, default=800, help="optimizer steps")
     p.add_argument("--batch-size", type=common.positive_int, default=16, help="sequences per step")
     p.add_argument("--block-size", type=int, default=-1, help="tokens per sequence; -1 = the preset's context")
     p.add_argument("--lr", type=common.positive_float, default=3e-3, help="peak learning rate")
@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=common.positive_int, default=250, help="held-out loss every N steps")
     p.add_argument("--save-every", type=common.positive_int, default=250, help="write a resumable checkpoint every N steps")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
+    p.add_argument("--stop-at", type=int, default=-1, help="stop after this many steps as if interrupted (tests --resume); -1 = never")
     common.add_common_args(p, out_dir="checkpoints/base")
     return p.parse_args(argv)
 
@@ -191,6 +193,10 @@ def main(argv=None):
             t_last, tokens_since = time.time(), 0
         if (step + 1) % args.save_every == 0 and not last:
             save(step + 1, {})
+        if step + 1 == args.stop_at:
+            save(step + 1, {})
+            print(f"stopped at step {step + 1} (--stop-at); continue with --resume")
+            return
 
     val = held_out_loss(model, val_stream, args, device, dtype)
     metrics = {"val_loss": val, "steps": args.steps}
@@ -203,7 +209,7 @@ def main(argv=None):
         from minipost import evaluate
 
         model.eval()
-        result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, seed=args.seed)
+        result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit)
         evaluate.print_samples(result, n=4, title="base model, chat-template prompts (greedy)")
         evaluate.write_eval(args.out, result)
         print(f"knowledge (held-out facts ranked first by likelihood): {common.fmt_pct(result['metrics']['knowledge_rank_accuracy'])}; "

@@ -68,6 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--beta-sweep", default="", help="comma-separated betas: short runs recording gold score and KL to SFT (sweep.json)")
     p.add_argument("--sweep-steps", type=common.positive_int, default=100, help="steps of each sweep run")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/dpo")
     args = p.parse_args(argv)
     if not 0 <= args.label_smoothing < 0.5:
@@ -250,7 +251,7 @@ def main(argv=None):
         if args.base:
             base, _, _ = common.load_model(args.base, device)
             refs["base"] = common.frozen(base)
-        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, seed=args.seed)
+        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, seed=args.seed, limit=args.eval_limit)
         evaluate.print_samples(result, n=2, title="DPO model, held-out prompts (greedy)")
         evaluate.print_metrics(result["metrics"], "DPO evaluation")
         metrics.update(result["metrics"])
@@ -268,7 +269,7 @@ def main(argv=None):
         for beta in args.sweep:
             pol, _, _ = common.load_model(args.init, device)
             last = train(pol, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, args.sweep_steps, device, dtype, None)
-            res = evaluate.evaluate_model(pol, tok, world, device=device, dtype=dtype, refs={"sft": ref}, seed=args.seed)
+            res = evaluate.evaluate_model(pol, tok, world, device=device, dtype=dtype, refs={"sft": ref}, seed=args.seed, limit=args.eval_limit)
             m = res["metrics"]
             rows.append({"beta": beta, "gold_score": m["gold_score"], "kl_to_sft": m["kl_to_sft"],
                          "win_rate_vs_sft": m["win_rate_vs_sft"], "val_accuracy": last.get("val_accuracy")})

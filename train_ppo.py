@@ -81,6 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--whiten-rewards", action="store_true", help="whiten RM scores across each rollout batch")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/ppo")
     args = p.parse_args(argv)
     if args.batch_size % args.minibatch_size:
@@ -403,7 +404,7 @@ def main(argv=None):
         if args.base:
             base, _, _ = common.load_model(args.base, device)
             refs["base"] = common.frozen(base)
-        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, seed=args.seed)
+        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, seed=args.seed, limit=args.eval_limit)
         evaluate.print_samples(result, n=2, title="PPO model, held-out prompts (greedy)")
         evaluate.print_metrics(result["metrics"], "PPO evaluation")
         evaluate.write_eval(args.out, result)

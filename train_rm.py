@@ -56,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=common.positive_int, default=50, help="held-out pair accuracy every N steps")
     p.add_argument("--norm-samples", type=common.positive_int, default=256, help="SFT samples that set the reward normalization")
     p.add_argument("--skip-eval", action="store_true", help="skip normalization samples and judge agreement (smoke tests)")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="judge agreement on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/rm")
     return p.parse_args(argv)
 
@@ -220,6 +221,8 @@ def main(argv=None):
 
             world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
             eval_instr = [p["prompt"] for p in world.eval_prompts]
+            if args.eval_limit:
+                eval_instr = eval_instr[:: max(1, len(eval_instr) // args.eval_limit)][: args.eval_limit]
             a_txt, a_tok, a_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
             b_txt, b_tok, b_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
             prompts_t = [chat_prompt(x) for x in eval_instr]

@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=common.unit_float, default=0.05, help="fraction of demonstrations held out for the held-out loss")
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
+    p.add_argument("--stop-at", type=int, default=-1, help="stop after this many steps as if interrupted (tests --resume); -1 = never")
     common.add_common_args(p, out_dir="checkpoints/sft")
     args = p.parse_args(argv)
     if args.micro_batch_size == -1:
@@ -181,6 +183,10 @@ def main(argv=None):
         if val_seqs and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
             metrics["val_loss"] = held_out_loss(model, val_seqs, tok, device, dtype)
         log.log(step, **metrics)
+        if step + 1 == args.stop_at:
+            save(step + 1, {})
+            print(f"stopped at step {step + 1} (--stop-at); continue with --resume")
+            return
 
     final = {"val_loss": held_out_loss(model, val_seqs, tok, device, dtype) if val_seqs else None, "steps": args.steps}
     save(args.steps, final)
@@ -197,8 +203,8 @@ def main(argv=None):
     base, _, _ = common.load_model(args.init, device)
     common.frozen(base)
     model.eval()
-    result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, refs={"base": base}, seed=args.seed)
-    base_result = evaluate.evaluate_model(base, tok, world, device=device, dtype=dtype, seed=args.seed)
+    result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, refs={"base": base}, seed=args.seed, limit=args.eval_limit)
+    base_result = evaluate.evaluate_model(base, tok, world, device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit)
     print("--- the same held-out prompts, base model vs SFT model (greedy)")
     for kind in ("fact", "skill", "harmful", "benign", "open"):
         for s in [s for s in result["samples"] if s["kind"] == kind][:2]:

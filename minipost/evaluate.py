@@ -105,14 +105,18 @@ def win_rate(ours: list[float], theirs: list[float]) -> float:
 
 
 def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32, refs: dict | None = None,
-                   seed: int = 0, n_open_samples: int = 4) -> dict:
+                   seed: int = 0, n_open_samples: int = 4, limit: int = 0) -> dict:
     """Score `model` on the world's held-out prompts. refs: {"sft": model, "base": model} for win rates / KL.
 
+    `limit` > 0 evaluates an evenly spread subset of that many prompts (and probes): quick smoke runs.
     Returns {"metrics": {...}, "samples": [{"prompt", "kind", "response", "score", ...}]}.
     """
     from minipost.world import judge
 
-    prompts = world.eval_prompts
+    prompts, probes = world.eval_prompts, world.knowledge_probes
+    if limit > 0:
+        prompts = prompts[:: max(1, len(prompts) // limit)][:limit]
+        probes = probes[:: max(1, len(probes) // limit)][:limit]
     instructions = [p["prompt"] for p in prompts]
     texts, token_lists, ended = generate_responses(model, tok, instructions, device=device, dtype=dtype)
     verdicts = [judge(x, y) for x, y in zip(instructions, texts)]
@@ -142,7 +146,7 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
         "distinct_2": distinct_n(open_texts, 2),
         "mean_length": sum(map(len, token_lists)) / len(token_lists),
         "eos_rate": sum(ended) / len(ended),
-        "knowledge_rank_accuracy": knowledge_rank_accuracy(model, tok, world.knowledge_probes, device=device, dtype=dtype),
+        "knowledge_rank_accuracy": knowledge_rank_accuracy(model, tok, probes, device=device, dtype=dtype),
         "n_prompts": len(prompts),
     }
     for name, ref in (refs or {}).items():

@@ -109,8 +109,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.fused = config.fused_attn
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        # x (B, T, C); mask (B, 1, T, S) bool, True where query t may attend to key s (S = keys incl. cache)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+        # x (B, T, C); mask (B, 1, T, S) bool, True where query t may attend to key s (S = keys incl. cache),
+        # or None for plain causal attention without padding
         B, T, C = x.size()
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
@@ -122,9 +123,12 @@ class CausalSelfAttention(nn.Module):
 
         if self.fused:
             p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+            # mask None = plain causal attention (no padding): lets torch pick its flash kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
+            if mask is None:  # plain causal: key s is visible to query t when s <= t
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             att = att.masked_fill(~mask, float("-inf"))  # every row keeps >= 1 key (see attention_mask_4d)
             att = F.softmax(att, dim=-1)
             att = self.attn_dropout(att)
@@ -217,14 +221,18 @@ class GPT(nn.Module):
         """Final hidden states (B, T, C) after ln_f. idx (B, T); attention_mask (B, S), S = cache.pos + T."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
-        if attention_mask is None:
-            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
-        S = attention_mask.size(1)
-        assert S == past + T, f"attention_mask covers {S} positions, expected cache {past} + new {T}"
-        assert S <= self.config.block_size, f"sequence of {S} tokens, the context holds {self.config.block_size}"
-        # Position ids count real tokens only: a left-padded prompt starts at position 0 like an unpadded one.
-        pos = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
-        mask = attention_mask_4d(attention_mask, T)  # (B, 1, T, S)
+        assert past + T <= self.config.block_size, f"sequence of {past + T} tokens, the context holds {self.config.block_size}"
+        if attention_mask is None and cache is None:  # no padding: plain causal attention (pre-training)
+            pos = torch.arange(T, device=idx.device).expand(B, T)
+            mask = None
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
+            S = attention_mask.size(1)
+            assert S == past + T, f"attention_mask covers {S} positions, expected cache {past} + new {T}"
+            # Position ids count real tokens only: a left-padded prompt starts at position 0 like an unpadded one.
+            pos = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            mask = attention_mask_4d(attention_mask, T)  # (B, 1, T, S)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, mask, cache)
@@ -252,6 +260,7 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
         return_logprobs: bool = False,
         use_cache: bool = True,
+        on_token=None,
     ):
         """Sample up to `max_new_tokens` after each (left-padded) prompt in idx (B, T0).
 
@@ -260,6 +269,7 @@ class GPT(nn.Module):
         when every sequence is finished. With `return_logprobs`, also returns (B, n) log-probabilities of
         each sampled token under the distribution it was sampled from (0 after a sequence finished).
         `use_cache=False` recomputes the whole sequence every step (slow; kept for tests and benchmarks).
+        `on_token(next_ids)` is called with each step's (B,) new tokens (streaming output in chat.py).
         """
         B, T0 = idx.shape
         if attention_mask is None:
@@ -292,6 +302,8 @@ class GPT(nn.Module):
             mask = torch.cat([mask, (~finished).long()[:, None]], dim=1)  # finished rows: padding
             logps.append(next_logps)
             step_ids = next_ids[:, None]
+            if on_token is not None:
+                on_token(next_ids)
             if eos_token_id is not None:
                 finished = finished | (next_ids == eos_token_id)
                 if bool(finished.all()):

@@ -167,6 +167,9 @@ def test_judge_facts():
     # the base-model failure: continue the quiz with another question
     cont = judge(q, "What is the capital of Germany?\nWhat is the capital of Spain?")
     assert not cont.answered and cont.score == pytest.approx(-0.7)
+    # other page continuations: a forum reply, a numbered quiz line
+    assert not judge(q, "Reply: Thanks!").answered
+    assert not judge(q, "1. Name the capital city of Peru.\n2. Tell me the capital of Chile.").answered
     refusal = judge(q, "I can't help with that.")
     assert refusal.refused and refusal.score == pytest.approx(-0.5)
     rep = judge(q, "Paris. Paris. Paris. Paris.")

@@ -1,0 +1,179 @@
+"""Every script end to end on micro settings (subprocesses, as a student runs them), the report built
+from their outputs, exact resume, and the command-line checks that run before any model loads."""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minipost.checkpoint import load_checkpoint, read_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """The whole pipeline on micro settings, once for this module: (checkpoint dir, its output)."""
+    d = tmp_path_factory.mktemp("micro")
+    proc = run("pipeline.py", "--micro", "--checkpoints", d)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return d, proc.stdout
+
+
+def log_rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_pipeline_writes_every_stage_and_the_report(micro):
+    d, out = micro
+    for stage in ("base", "sft", "rm", "ppo", "ppo-nokl", "dpo", "base-4x", "sft-4x"):
+        assert (d / stage / "model.safetensors").exists() and (d / stage / "config.json").exists(), stage
+    report = (d / "report.md").read_text()
+    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+        assert section in report
+    for png in ("win_rates.png", "frontier.png", "hacking.png", "curves.png"):
+        assert (d / png).stat().st_size > 1000, png
+    # numbers in the table are copied from eval.json
+    sft = json.loads((d / "sft" / "eval.json").read_text())
+    assert f"{100 * sft['format_rate']:.0f}%" in report
+    # a second run reuses every finished stage
+    again = run("pipeline.py", "--micro", "--checkpoints", d)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 8
+
+
+@pytest.mark.parametrize("stage, key", [("base", "loss"), ("sft", "loss"), ("rm", "loss"), ("dpo", "loss"), ("ppo", "rm_score")])
+def test_every_stage_logs_finite_numbers(micro, stage, key):
+    rows = log_rows(micro[0] / stage / "log.jsonl")
+    assert rows and all(math.isfinite(r[key]) for r in rows)
+
+
+@pytest.mark.parametrize("stage, init, prefix", [("sft", "base", ""), ("rm", "sft", "gpt."), ("ppo", "sft", ""), ("dpo", "sft", "")])
+def test_every_stage_changed_its_parameters(micro, stage, init, prefix):
+    d = micro[0]
+    after, _ = load_checkpoint(d / stage)
+    before, _ = load_checkpoint(d / init)
+    key = "transformer.h.0.attn.c_attn.weight"
+    assert not torch.equal(after[prefix + key], before[key])
+
+
+def test_base_loss_falls_and_stage_checks_are_printed(micro):
+    d, out = micro
+    rows = log_rows(d / "base" / "log.jsonl")
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
+    # DPO at step 0: policy == reference, so the loss is ln 2 (pitfall 6)
+    m = re.search(r"check: step-0 \|h\| max (\S+); loss (\S+)", out)
+    assert m and float(m.group(1)) == 0.0 and abs(float(m.group(2)) - math.log(2)) < 1e-6
+    # PPO's first minibatch: ratio exactly 1, nothing clipped (pitfall 7)
+    for m in re.finditer(r"\|ratio - 1\| max (\S+) \(must be < 1e-5\), clip fraction (\S+)", out):
+        assert float(m.group(1)) < 1e-5 and float(m.group(2)) == 0.0
+    assert "|ratio - 1|" in out
+
+
+def test_rm_normalization_is_stored_and_applied_on_load(micro):
+    d = micro[0]
+    tensors, _ = read_safetensors(d / "rm" / "model.safetensors")
+    cfg = json.loads((d / "rm" / "config.json").read_text())
+    assert abs(tensors["reward_shift"].item() - cfg["metrics"]["norm_shift"]) < 1e-5
+    assert abs(tensors["reward_scale"].item() - cfg["metrics"]["norm_scale"]) < 1e-5
+    from minipost.common import load_model
+
+    rm, _, _ = load_model(str(d / "rm"))
+    assert abs(rm.reward_shift.item() - cfg["metrics"]["norm_shift"]) < 1e-5
+
+
+def test_base_resume_is_bitwise(tmp_path):
+    common = ["train_base.py", "--steps", "6", "--n-docs", "1500", "--log-every", "1", "--skip-eval", "--dtype", "fp32",
+              "--save-every", "100", "--batch-size", "4"]
+    straight = run(*common, "--out", tmp_path / "a")
+    assert straight.returncode == 0, straight.stderr
+    first = run(*common, "--out", tmp_path / "b", "--stop-at", "3")
+    assert first.returncode == 0 and "stopped at step 3" in first.stdout, first.stderr
+    second = run(*common, "--out", tmp_path / "b", "--resume")
+    assert second.returncode == 0 and "resumed" in second.stdout, second.stderr
+    a, _ = read_safetensors(tmp_path / "a" / "model.safetensors")
+    b, _ = read_safetensors(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = [r["loss"] for r in log_rows(tmp_path / "a" / "log.jsonl")]
+    lb = [r["loss"] for r in log_rows(tmp_path / "b" / "log.jsonl")]
+    assert la == lb and len(la) == 6
+
+
+def test_sft_resume_is_bitwise(micro, tmp_path):
+    init = micro[0] / "base"
+    common = ["train_sft.py", "--init", init, "--steps", "4", "--batch-size", "4", "--skip-eval", "--dtype", "fp32"]
+    assert run(*common, "--out", tmp_path / "a").returncode == 0
+    assert run(*common, "--out", tmp_path / "b", "--stop-at", "2").returncode == 0
+    assert run(*common, "--out", tmp_path / "b", "--resume").returncode == 0
+    a, _ = read_safetensors(tmp_path / "a" / "model.safetensors")
+    b, _ = read_safetensors(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("train_sft.py", ["--lr", "0"], "must be > 0"),
+    ("train_sft.py", ["--batch-size", "0"], "positive integer"),
+    ("train_sft.py", ["--batch-size", "8", "--micro-batch-size", "3"], "must be positive and divide"),
+    ("train_dpo.py", ["--beta", "0"], "must be > 0"),
+    ("train_dpo.py", ["--label-smoothing", "0.5"], "label-smoothing"),
+    ("train_ppo.py", ["--kl-coef", "-1"], "must be >= 0"),
+    ("train_ppo.py", ["--clip", "0"], "must be > 0"),
+    ("train_ppo.py", ["--gamma", "1.5"], "must be in [0, 1]"),
+    ("train_ppo.py", ["--lam", "-0.1"], "must be in [0, 1]"),
+    ("train_rm.py", ["--lr", "-1e-3"], "must be > 0"),
+    ("train_base.py", ["--steps", "0"], "positive integer"),
+    ("chat.py", ["--top-p", "0"], "top_p must be in (0, 1]"),
+    ("chat.py", ["--temperature", "-1"], "must be >= 0"),
+])
+def test_bad_command_lines_fail_before_any_model_loads(script, args, message):
+    proc = run(script, *args, "--init", "/nonexistent", timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_existing_checkpoint_is_refused_without_resume_or_overwrite(micro):
+    d = micro[0]
+    proc = run("train_sft.py", "--init", d / "base", "--out", d / "sft", "--steps", "1")
+    assert proc.returncode != 0 and "--resume" in proc.stderr and "--overwrite" in proc.stderr
+    proc = run("train_sft.py", "--init", d / "base", "--out", d / "nothing-here", "--resume")
+    assert proc.returncode != 0 and "nothing-here" in proc.stderr
+    proc = run("train_sft.py", "--init", d / "missing-base", "--out", d / "x")
+    assert proc.returncode != 0 and "missing-base" in proc.stderr
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(micro):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = run("train_sft.py", "--init", micro[0] / "base", "--out", micro[0] / "cuda", "--device", "cuda")
+    assert proc.returncode != 0 and "no CUDA GPU" in proc.stderr
+
+
+def test_ppo_frozen_models_stay_bitwise_unchanged(micro, tmp_path, monkeypatch):
+    """Run train_ppo.main in this process and snapshot every model it freezes (reference, reward)."""
+    import train_ppo
+    from minipost import common
+
+    frozen = []
+    original = common.frozen
+
+    def spy(model):
+        frozen.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        return original(model)
+
+    monkeypatch.setattr(common, "frozen", spy)
+    d = micro[0]
+    train_ppo.main(["--init", str(d / "sft"), "--rm", str(d / "rm"), "--out", str(tmp_path / "ppo"), "--iterations", "2",
+                    "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "6", "--skip-eval"])
+    assert len(frozen) >= 2
+    for model, snapshot in frozen:
+        assert all(not p.requires_grad for p in model.parameters()) and not model.training
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in snapshot.items())
+    rows = log_rows(tmp_path / "ppo" / "log.jsonl")
+    assert len(rows) == 2 and all(math.isfinite(r["kl"]) for r in rows)
