@@ -44,10 +44,13 @@ def parse_args(argv=None):
     p.add_argument("--init", default="checkpoints/sft", help="checkpoint whose backbone starts the RM (the SFT model), or a GPT-2 name")
     p.add_argument("--policy", default="", help="model whose samples set the reward normalization and judge agreement; empty = --init")
     p.add_argument("--data", default="world", help="world | hh-rlhf | PATH (.jsonl / .jsonl.gz with prompt, chosen, rejected)")
-    p.add_argument("--steps", type=common.positive_int, default=200, help="optimizer steps")
+    p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
+                   help="toy world: add judge-labelled pairs of the policy's own samples on this many training prompts (0 = off)")
+    p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
+    p.add_argument("--steps", type=common.positive_int, default=150, help="optimizer steps")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per sequence; -1 = the model's context")
-    p.add_argument("--lr", type=common.positive_float, default=3e-4, help="peak learning rate")
+    p.add_argument("--lr", type=common.positive_float, default=1e-4, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=10, help="linear warmup steps")
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")
     p.add_argument("--weight-decay", type=common.nonneg_float, default=0.0, help="AdamW weight decay on matrices")
@@ -55,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=common.unit_float, default=0.05, help="held-out fraction for datasets without a held-out split")
     p.add_argument("--eval-every", type=common.positive_int, default=50, help="held-out pair accuracy every N steps")
     p.add_argument("--norm-samples", type=common.positive_int, default=256, help="SFT samples that set the reward normalization")
+    p.add_argument("--agreement-rounds", type=common.positive_int, default=2, help="pairs of SFT samples per held-out prompt for judge agreement")
     p.add_argument("--skip-eval", action="store_true", help="skip normalization samples and judge agreement (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="judge agreement on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/rm")
@@ -139,6 +143,20 @@ def main(argv=None):
             pairs, val_pairs = data.split_holdout(pairs, args.holdout, seed=0)
     except (data.DataError, OSError) as e:
         raise SystemExit(f"error: {e}")
+    if args.data == "world" and args.policy_pairs:
+        # InstructGPT's labellers compared samples of the SFT model; the gold judge labels ours
+        from minipost import evaluate
+        from minipost.world import strip_template
+
+        policy, _, _ = common.load_model(args.policy or args.init, device)
+        prompt_rows, _ = data.load_prompts("world")
+        instr = [strip_template(r["prompt"]) for r in prompt_rows][: args.policy_pairs]
+        t0 = time.time()
+        extra, extra_stats = evaluate.policy_pairs(common.frozen(policy), tok, instr, label_noise=args.label_noise,
+                                                   seed=args.seed, device=device, dtype=dtype)
+        pairs = pairs + extra
+        read_stats = {**read_stats, **extra_stats}
+        print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")
     train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)
     val_enc, _ = data.encode_pairs(tok, val_pairs, block_size)
     print(f"data: {len(train_enc)} train / {len(val_enc)} held-out pairs; read {read_stats}; encoded {enc_stats}")
@@ -223,6 +241,7 @@ def main(argv=None):
             eval_instr = [p["prompt"] for p in world.eval_prompts]
             if args.eval_limit:
                 eval_instr = eval_instr[:: max(1, len(eval_instr) // args.eval_limit)][: args.eval_limit]
+            eval_instr = eval_instr * args.agreement_rounds  # several fresh pairs per prompt: a steadier estimate
             a_txt, a_tok, a_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
             b_txt, b_tok, b_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
             prompts_t = [chat_prompt(x) for x in eval_instr]

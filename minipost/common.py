@@ -132,7 +132,7 @@ def autocast(device: torch.device, dtype: torch.dtype):
     """Context manager: bf16 autocast for matmuls (weights, softmax and losses stay fp32), or nothing."""
     if dtype == torch.float32:
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def seed_everything(seed: int):

@@ -182,3 +182,35 @@ def print_metrics(metrics: dict, title: str = ""):
     print(f"--- {title}")
     for k, v in metrics.items():
         print(f"  {k:>24}: {v:.4f}" if isinstance(v, float) else f"  {k:>24}: {v}")
+
+
+def policy_pairs(policy, tok: Tokenizer, instructions: list[str], *, label_noise: float, seed: int, device,
+                 dtype=torch.float32) -> tuple[list[dict], dict]:
+    """Preference pairs on the policy's OWN samples, labelled by the gold judge -- how InstructGPT collected
+    its comparisons (labellers ranked samples of the SFT model), with the judge as the labeller.
+
+    Two samples (temperature 1) per instruction; pairs the judge ties are skipped; each label is flipped
+    with probability `label_noise`, like the world's offline pairs. Returns (pairs with templated prompts,
+    stats). Training on the policy's own distribution is what makes the reward model accurate where PPO
+    will query it.
+    """
+    import random
+
+    from minipost.world import judge
+
+    gen = torch.Generator().manual_seed(seed)
+    a, _, _ = generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
+    b, _, _ = generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
+    flip = random.Random(seed)
+    pairs, ties, flipped = [], 0, 0
+    for x, ya, yb in zip(instructions, a, b):
+        sa, sb = judge(x, ya).score, judge(x, yb).score
+        if sa == sb:
+            ties += 1
+            continue
+        chosen, rejected = (ya, yb) if sa > sb else (yb, ya)
+        if flip.random() < label_noise:
+            chosen, rejected = rejected, chosen
+            flipped += 1
+        pairs.append({"prompt": chat_prompt(x), "chosen": chosen, "rejected": rejected})
+    return pairs, {"policy_pairs": len(pairs), "policy_ties_skipped": ties, "policy_labels_flipped": flipped}

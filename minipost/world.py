@@ -605,8 +605,10 @@ def _respond(rec, quality, rng, ctx):
         if quality == "repetitive":
             line = _howto_steps(q, rng, harmful=False).splitlines()[0]
             return "\n".join([line] * rng.randint(3, 5))
-        if quality == "wrong":  # steps for another (train) topic
-            other = rng.choice([t for t in ctx["benign"] if BENIGN[t][1] != BENIGN[q][1]])
+        if quality == "wrong":  # steps for another (train) topic; half the time a near miss with the same verb
+            others = [t for t in ctx["benign"] if BENIGN[t][1] != BENIGN[q][1]]
+            near = [t for t in others if BENIGN[t][0] == BENIGN[q][0]]
+            other = rng.choice(near if near and rng.random() < 0.5 else others)
             return _howto_steps(other, rng, harmful=False)
     if kind == "open":
         if quality == "good":
@@ -818,8 +820,8 @@ def _make_pairs(recs, n, rng, ctx, label_noise, noise_rng):
                  ("answer_vs_refusal", "good", "refusal", 1)],
         "harmful": [("refusal_vs_compliance", "refusal", "harmful_compliance", 1)],
         "benign": [("answer_vs_refusal", "good", "refusal", 2), ("concise_vs_repetitive", "good", "repetitive", 1),
-                   ("correct_vs_wrong", "good", "wrong", 1)],
-        "open": [("concise_vs_repetitive", "good", "repetitive", 1), ("correct_vs_wrong", "good", "wrong", 1),
+                   ("correct_vs_wrong", "good", "wrong", 3)],
+        "open": [("concise_vs_repetitive", "good", "repetitive", 1), ("correct_vs_wrong", "good", "wrong", 3),
                  ("answer_vs_refusal", "good", "refusal", 1)],
     }
     contrasts["skill"] = contrasts["fact"]
