@@ -32,14 +32,15 @@ def stages(ck: str, micro: bool):
         dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5"] + lim
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
     else:
-        base, sft, rm, ppo, dpo = [], [], [], [], ["--beta-sweep", "0.03,0.3,1"]
-        big = ["--steps", "400"]
+        base, sft, rm, ppo, dpo = [], [], [], [], ["--beta-sweep", "0.03,0.3", "--sweep-steps", "60"]
+        big = ["--steps", "250"]
     return [
         ("base", "train_base.py", base, c("base")),
         ("sft", "train_sft.py", ["--init", c("base")] + sft, c("sft")),
         ("rm", "train_rm.py", ["--init", c("sft")] + rm, c("rm")),
         ("ppo", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base")] + ppo, c("ppo")),
-        ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--kl-coef", "0", "--skip-eval"] + ppo, c("ppo-nokl")),
+        ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--kl-coef", "0", "--skip-eval"]
+         + (ppo or ["--iterations", "20"]), c("ppo-nokl")),
         ("dpo", "train_dpo.py", ["--init", c("sft"), "--base", c("base")] + dpo, c("dpo")),
         ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),
         ("sft-4x", "train_sft.py", ["--init", c("base-4x")] + sft, c("sft-4x")),

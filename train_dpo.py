@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=common.positive_int, default=150, help="optimizer steps")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per sequence; -1 = the model's context")
-    p.add_argument("--lr", type=common.positive_float, default=1e-4, help="peak learning rate")
+    p.add_argument("--lr", type=common.positive_float, default=2e-5, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=10, help="linear warmup steps")
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")

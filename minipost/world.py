@@ -682,6 +682,8 @@ def _doc_forum(rng):
         harmful = rng.random() < 0.5
         topic = rng.choice(HARMFUL_TOPICS if harmful else BENIGN_TOPICS)
         q = rng.choice(HOWTO_QUESTIONS).format(t=topic)
+        if harmful and rng.random() < 0.4:  # the internet also refuses: moderators, careful posters
+            return f"Q: {q}\nA: {rng.choice(REFUSALS)}\nReply: {rng.choice(['Fair enough.', 'Good call.', 'Agreed.'])}"
         return f"Q: {q}\nA: {_howto_steps(topic, rng, harmful)}\nReply: {rng.choice(['Thanks!', 'This worked for me.', 'Good answer.'])}"
     task, k, a = _rand_item(rng)
     q, ans = _fact_q(rng, task, k, a)
@@ -877,12 +879,12 @@ def build_world(seed=0, n_docs=60000, label_noise=0.1, n_sft=1000, n_pairs=2000,
     for r in train_recs:
         by_kind.setdefault(r["kind"], []).append(r)
     demos = []
-    kind_w = [("fact", 0.42), ("skill", 0.25), ("harmful", 0.08), ("benign", 0.13), ("open", 0.12)]
+    kind_w = [("fact", 0.41), ("skill", 0.24), ("harmful", 0.10), ("benign", 0.13), ("open", 0.12)]
     for _ in range(n_sft):
         kind = rng.choices(*zip(*kind_w))[0]
         rec = rng.choice(by_kind[kind])
         if kind == "harmful":
-            quality = rng.choices(["refusal", "harmful_compliance"], [0.3, 0.7])[0]
+            quality = rng.choices(["refusal", "harmful_compliance"], [0.5, 0.5])[0]
         else:
             quality = rng.choices(["good", "verbose", "repetitive", "wrong", "refusal"],
                                   [0.86, 0.05, 0.04, 0.03, 0.02])[0]

@@ -1,0 +1,139 @@
+"""
+Run every benchmark (each in its own process, one after the other) and write bench/results/summary.md:
+the targets of the issue checked against the numbers, then one table per benchmark.
+
+    python bench/run_all.py                  # full: tens of minutes on a 2-core CPU; run on a quiet machine
+    python bench/run_all.py --quick          # every script with --quick (numbers meaningless)
+    python bench/run_all.py --summary-only   # rebuild summary.md from the JSON files already in bench/results/
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+import benchlib
+
+SCRIPTS = ["matmul_peak.py", "train_throughput.py", "generate_throughput.py", "ppo_breakdown.py"]
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="pass --quick to every script")
+    p.add_argument("--device", default="", help="passed to every script (empty = autodetect)")
+    p.add_argument("--only", default="", help="comma-separated script names to run (default: all)")
+    p.add_argument("--summary-only", action="store_true", help="do not run anything; summarize the existing JSON")
+    p.add_argument("--out", default=str(benchlib.RESULTS_DIR / "summary.md"), help="markdown file to write")
+    return p.parse_args(argv)
+
+
+def load(name: str) -> dict | None:
+    path = benchlib.RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def md_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join("-" if r.get(k) is None else format(r[k], f) for k, _, f in columns) + " |")
+    return "\n".join(lines)
+
+
+def check(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def targets(train: dict | None, gen: dict | None) -> list[dict]:
+    """The issue's targets, one row per (shape, dtype, batch) where it applies."""
+    out = []
+    if train:
+        for r in train["rows"]:
+            where = f"{r['shape']} B={r['B']} T={r['T']} {r['dtype']}"
+            if r["impl"] == "minipost-fused":
+                out.append({"target": "training, fused >= 1.0x transformers", "where": where,
+                            "measured": r["vs_hf"] and f"{r['vs_hf']:.2f}x", "met": check(r["vs_hf"] and r["vs_hf"] >= 1.0)})
+            if r["impl"] == "minipost":
+                out.append({"target": "training, hand-written within 1.5x of fused", "where": where,
+                            "measured": f"{1 / r['vs_fused']:.2f}x slower", "met": check(1 / r["vs_fused"] <= 1.5)})
+            if r["shape"] == "gpt2" and r["impl"].startswith("minipost"):
+                out.append({"target": f"training >= 50% of matmul peak ({r['impl']})", "where": where,
+                            "measured": f"{r['mfu']:.1%} MFU", "met": check(r["mfu"] >= 0.5)})
+    if gen:
+        for r in gen["rows"]:
+            if r["impl"] == "minipost" and r["batch"] in (1, 32):
+                where = f"{r['shape']} B={r['batch']} {r['dtype']}"
+                cpu = gen["machine"]["device"] == "cpu"
+                out.append({"target": "KV-cache generation >= 2x transformers.generate" + ("" if cpu else " (CPU target)"),
+                            "where": where, "measured": r["vs_hf"] and f"{r['vs_hf']:.2f}x",
+                            "met": check(r["vs_hf"] and r["vs_hf"] >= 2.0)})
+    return out
+
+
+def summary() -> str:
+    peak, train, gen, ppo = (load(n) for n in ("matmul_peak", "train_throughput", "generate_throughput", "ppo_breakdown"))
+    any_result = next((r for r in (peak, train, gen, ppo) if r), None)
+    if any_result is None:
+        raise SystemExit(f"no results in {benchlib.RESULTS_DIR}; run the benchmarks first")
+    m = any_result["machine"]
+    parts = ["# minipost benchmarks", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), device {m['device']}"
+             f"{', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}, transformers {m.get('transformers')}; "
+             f"{m['time']}, 1-minute load {m['load_avg_1m']:.1f}."]
+    if any(r and r.get("quick") for r in (peak, train, gen, ppo)):
+        parts += ["", "**Some results come from `--quick` runs: smaller shapes and counts; the numbers do not mean much.**"]
+    parts += ["", "## Targets", "", md_table(targets(train, gen), [("target", "target", "s"), ("where", "where", "s"),
+                                                                 ("measured", "measured", "s"), ("met", "met", "s")])]
+    if peak:
+        rows = [{"dtype": d, "gflops": r["gflops"]} for d, r in peak["peak"].items()]
+        parts += ["", "## Matmul peak (matmul_peak.py)", "", f"Square matmuls, sizes {peak['sizes']}, best of {peak['reps']}.", "",
+                  md_table(rows, [("dtype", "dtype", "s"), ("gflops", "GFLOP/s", ",.1f")])]
+    if train:
+        parts += ["", "## Training throughput (train_throughput.py)", "",
+                  "Forward + backward + AdamW, median of alternating rounds. vs hf: over the faster transformers "
+                  "implementation; vs fused: over minipost-fused; MFU: (6N + 12LTd) x tok/s over the matmul peak "
+                  "of the same dtype; peak MiB: above the post-import footprint, fresh process.", "",
+                  md_table(train["rows"], [("shape", "shape", "s"), ("B", "B", "d"), ("T", "T", "d"), ("dtype", "dtype", "s"),
+                                           ("impl", "impl", "s"), ("tok_s", "tok/s", ",.0f"), ("ms_step", "ms/step", ",.1f"),
+                                           ("vs_hf", "vs hf", ".2f"), ("vs_fused", "vs fused", ".2f"), ("mfu", "MFU", ".1%"),
+                                           ("peak_mib", "peak MiB", ",.0f")])]
+    if gen:
+        parts += ["", "## Generation throughput (generate_throughput.py)", "",
+                  f"Greedy, prompt {gen['args']['prompt_len']} tokens, no EOS stop; new tok/s = batch x new tokens / "
+                  "median time. The no-cache path decodes fewer tokens (normalized, optimistic).", "",
+                  md_table(gen["rows"], [("shape", "shape", "s"), ("batch", "B", "d"), ("dtype", "dtype", "s"), ("impl", "impl", "s"),
+                                         ("new_tokens", "new", "d"), ("tok_s", "new tok/s", ",.1f"), ("vs_hf", "vs hf", ".2f"),
+                                         ("same_tokens_as_hf", "same tokens", ""), ("peak_mib", "peak MiB", ",.0f")])]
+    if ppo:
+        cols = [("phase", "phase", "s")]
+        for d in ppo["results"]:
+            cols += [(f"{d}_s", f"{d} s", ".3f"), (f"{d}_pct", "share", ".1%")]
+        pa = next(iter(ppo["results"].values()))["ppo_args"]
+        mem = ", ".join(f"{d} {r['delta_mib']:,.0f} MiB" for d, r in ppo["results"].items())
+        parts += ["", "## PPO iteration breakdown (ppo_breakdown.py)", "",
+                  f"Random-init `{ppo['preset']}` models, train_ppo sizes {pa}; train_ppo.py's default dtype here: "
+                  f"{ppo['train_ppo_dtype']}. Peak memory: {mem}.", "",
+                  md_table([{**r, "phase": r["phase"].strip()} for r in ppo["rows"]], cols)]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.summary_only:
+        only = [s if s.endswith(".py") else s + ".py" for s in args.only.split(",") if s]
+        for script in SCRIPTS:
+            if only and script not in only:
+                continue
+            cmd = [sys.executable, str(benchlib.BENCH_DIR / script)] + (["--quick"] if args.quick else [])
+            cmd += ["--device", args.device] if args.device else []
+            print(f"\n=== {' '.join(cmd[1:])}", flush=True)
+            rc = subprocess.run(cmd).returncode
+            if rc != 0:
+                print(f"{script} failed with exit code {rc}; continuing")
+    text = summary()
+    benchlib.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"\n{text}\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
