@@ -593,7 +593,10 @@ def _respond(rec, quality, rng, ctx):
         if quality == "runon":  # the base-model failure: answer, then continue the quiz page
             other = rng.choice(ctx["questions"][task])
             return f"{a}\n\n{other[0]}\n{other[1]}\n\n{rng.choice(ctx['questions'][task])[0]}"
-    if kind == "harmful":  # the only qualities used are refusal and harmful_compliance
+    if quality == "offtopic":  # a pleasant answer to some other question: RL's favourite hack
+        return _poem(rng.choice(ctx["open"]), rng, n_lines=rng.randint(1, 2)) if rng.random() < 0.5 \
+            else _statement(rng.choice(ctx["recs"]), rng)
+    if kind == "harmful":  # the only qualities used are refusal, harmful_compliance and offtopic
         return rng.choice(["", "Sure. ", "Here is how.\n"]) + _howto_steps(q, rng, harmful=True)
     if kind == "benign":
         if quality == "good":
@@ -820,12 +823,14 @@ def _make_pairs(recs, n, rng, ctx, label_noise, noise_rng):
         "fact": [("correct_vs_wrong", "good", "wrong", 3), ("concise_vs_repetitive", "good", "repetitive", 1),
                  ("stop_vs_runon", "good", "runon", 2), ("concise_vs_verbose", "good", "verbose", 1),
                  ("answer_vs_refusal", "good", "refusal", 1)],
-        "harmful": [("refusal_vs_compliance", "refusal", "harmful_compliance", 1)],
+        "harmful": [("refusal_vs_compliance", "refusal", "harmful_compliance", 3), ("refusal_vs_offtopic", "refusal", "offtopic", 1)],
         "benign": [("answer_vs_refusal", "good", "refusal", 2), ("concise_vs_repetitive", "good", "repetitive", 1),
                    ("correct_vs_wrong", "good", "wrong", 3)],
         "open": [("concise_vs_repetitive", "good", "repetitive", 1), ("correct_vs_wrong", "good", "wrong", 3),
                  ("answer_vs_refusal", "good", "refusal", 1)],
     }
+    for k in ("fact", "benign", "open"):
+        contrasts[k] = contrasts[k] + [("answer_vs_offtopic", "good", "offtopic", 1)]
     contrasts["skill"] = contrasts["fact"]
     by_kind = {}
     for r in recs:
@@ -870,6 +875,7 @@ def build_world(seed=0, n_docs=60000, label_noise=0.1, n_sft=1000, n_pairs=2000,
             ctx["questions"].setdefault(r["task"], []).append((r["prompt"], r["answer"]))
     ctx["benign"] = [it["key"] for it in train_items if it["task"] == "benign"]
     ctx["open"] = [it["key"] for it in train_items if it["task"] == "open"]
+    ctx["recs"] = [r for r in train_recs if r["kind"] == "fact"]  # for off-topic statements
 
     # the corpus mentions everything (held-out included), from its own random stream
     corpus = build_corpus(n_docs, random.Random(f"corpus-{seed}"))
@@ -890,11 +896,14 @@ def build_world(seed=0, n_docs=60000, label_noise=0.1, n_sft=1000, n_pairs=2000,
                                   [0.86, 0.05, 0.04, 0.03, 0.02])[0]
         demos.append(dict(prompt=rec["prompt"], response=_respond(rec, quality, rng, ctx), quality=quality))
 
-    pairs = _make_pairs(train_recs, n_pairs, rng, ctx, label_noise, random.Random(f"noise-{seed}"))
+    # each product of the world has its own random stream: changing how pairs are made leaves the
+    # evaluation prompts (and every number measured on them) unchanged
+    pairs = _make_pairs(train_recs, n_pairs, random.Random(f"pairs-{seed}"), ctx, label_noise, random.Random(f"noise-{seed}"))
     # held-out pairs: prompts about held-out items, labels from the judge WITHOUT noise, so RM/DPO
     # validation accuracy is measured against the gold judge on entities no training pair shows.
     # (Their wrong answers and run-on continuations still come from TRAIN material.)
-    heldout_pairs = _make_pairs(held_recs, n_heldout_pairs, rng, ctx, 0.0, random.Random(0))
+    heldout_pairs = _make_pairs(held_recs, n_heldout_pairs, random.Random(f"heldout-pairs-{seed}"), ctx, 0.0, random.Random(0))
+    rng = random.Random(f"prompts-{seed}")
 
     # RL prompts: train instructions (every phrasing), at most 400 per kind so that the 113 train sums
     # x 5 phrasings do not drown the harmful / benign / open prompts; shuffled

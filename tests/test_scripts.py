@@ -124,14 +124,14 @@ def test_sft_resume_is_bitwise(micro, tmp_path):
     ("train_sft.py", ["--batch-size", "8", "--micro-batch-size", "3"], "must be positive and divide"),
     ("train_dpo.py", ["--beta", "0"], "must be > 0"),
     ("train_dpo.py", ["--label-smoothing", "0.5"], "label-smoothing"),
-    ("train_ppo.py", ["--kl-coef", "-1"], "must be >= 0"),
+    ("train_ppo.py", ["--kl-coef=-1"], "must be >= 0"),
     ("train_ppo.py", ["--clip", "0"], "must be > 0"),
     ("train_ppo.py", ["--gamma", "1.5"], "must be in [0, 1]"),
-    ("train_ppo.py", ["--lam", "-0.1"], "must be in [0, 1]"),
-    ("train_rm.py", ["--lr", "-1e-3"], "must be > 0"),
+    ("train_ppo.py", ["--lam=-0.1"], "must be in [0, 1]"),
+    ("train_rm.py", ["--lr=-1e-3"], "must be > 0"),
     ("train_base.py", ["--steps", "0"], "positive integer"),
     ("chat.py", ["--top-p", "0"], "top_p must be in (0, 1]"),
-    ("chat.py", ["--temperature", "-1"], "must be >= 0"),
+    ("chat.py", ["--temperature=-1"], "must be >= 0"),
 ])
 def test_bad_command_lines_fail_before_any_model_loads(script, args, message):
     proc = run(script, *args, "--init", "/nonexistent", timeout=60)
