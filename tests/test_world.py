@@ -50,7 +50,7 @@ def test_sizes_and_record_formats(w0):
     assert all(set(p) == {"prompt", "chosen", "rejected", "contrast"} for p in w0.preference_pairs)
     assert {p["contrast"] for p in w0.preference_pairs} == {
         "correct_vs_wrong", "concise_vs_repetitive", "refusal_vs_compliance", "answer_vs_refusal",
-        "stop_vs_runon", "concise_vs_verbose"}
+        "stop_vs_runon", "concise_vs_verbose", "answer_vs_offtopic", "refusal_vs_offtopic"}
 
 
 def test_table_sizes():
