@@ -24,7 +24,7 @@ def run(*args, timeout=600):
 def micro(tmp_path_factory):
     """The whole pipeline on micro settings, once for this module: (checkpoint dir, its output)."""
     d = tmp_path_factory.mktemp("micro")
-    proc = run("pipeline.py", "--micro", "--checkpoints", d)
+    proc = run("pipeline.py", "--micro", "--checkpoints", d, timeout=1800)  # ~2 minutes on a quiet 2-core machine
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return d, proc.stdout
 
@@ -46,7 +46,7 @@ def test_pipeline_writes_every_stage_and_the_report(micro):
     sft = json.loads((d / "sft" / "eval.json").read_text())
     assert f"{100 * sft['format_rate']:.0f}%" in report
     # a second run reuses every finished stage
-    again = run("pipeline.py", "--micro", "--checkpoints", d)
+    again = run("pipeline.py", "--micro", "--checkpoints", d, timeout=600)
     assert again.returncode == 0 and again.stdout.count("reusing") == 8
 
 
