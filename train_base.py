@@ -147,21 +147,13 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(args.seed)
     start = 0
     if args.resume:
-        state_dict, cfg = ckpt.load_checkpoint(args.out)
-        ckpt.load_into(model, state_dict, args.out)
-        state = ckpt.load_train_state(args.out)
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["data_rng"])
-        common.set_rng_state(state["rng"])
-        start = state["step"]
-        print(f"resumed {args.out} at step {start}")
+        start = common.resume(args.out, model, optimizer, gen)
 
     log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
 
     def save(step, metrics):
         common.save_stage(args.out, model, stage="base", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state={"optimizer": optimizer.state_dict(), "step": step,
-                                       "data_rng": gen.get_state(), "rng": common.rng_state()},
+                          train_state=common.train_state(optimizer, step, gen),
                           extra={"world_seed": args.world_seed})
 
     # ---- the training loop

@@ -217,11 +217,7 @@ def main(argv=None):
 
     # ---- data
     try:
-        pairs, read_stats = data.load_pairs(args.data)
-        if args.data == "world":
-            val_pairs, _ = data.load_pairs("world-heldout")
-        else:
-            pairs, val_pairs = data.split_holdout(pairs, args.holdout, seed=0)
+        pairs, val_pairs, read_stats = data.load_pair_splits(args.data, args.holdout)
     except (data.DataError, OSError) as e:
         raise SystemExit(f"error: {e}")
     train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)

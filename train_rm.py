@@ -136,11 +136,7 @@ def main(argv=None):
 
     # ---- data: preference pairs -> (chosen ids, rejected ids, n_prompt, margin)
     try:
-        pairs, read_stats = data.load_pairs(args.data)
-        if args.data == "world":
-            val_pairs, _ = data.load_pairs("world-heldout")
-        else:
-            pairs, val_pairs = data.split_holdout(pairs, args.holdout, seed=0)
+        pairs, val_pairs, read_stats = data.load_pair_splits(args.data, args.holdout)
     except (data.DataError, OSError) as e:
         raise SystemExit(f"error: {e}")
     if args.data == "world" and args.policy_pairs:
@@ -167,20 +163,12 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(args.seed)
     start = 0
     if args.resume:
-        state_dict, _ = ckpt.load_checkpoint(args.out)
-        ckpt.load_into(rm, state_dict, args.out)
-        state = ckpt.load_train_state(args.out)
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["data_rng"])
-        common.set_rng_state(state["rng"])
-        start = state["step"]
-        print(f"resumed {args.out} at step {start}")
+        start = common.resume(args.out, rm, optimizer, gen)
     log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
 
     def save(step, metrics):
         common.save_stage(args.out, rm, stage="rm", kind="scalar", tokenizer=tok, args=args, metrics=metrics,
-                          train_state={"optimizer": optimizer.state_dict(), "step": step,
-                                       "data_rng": gen.get_state(), "rng": common.rng_state()},
+                          train_state=common.train_state(optimizer, step, gen),
                           extra={"init": args.init, "world_seed": init_config.get("world_seed", 0),
                                  "data_stats": {**read_stats, **enc_stats}})
 

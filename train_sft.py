@@ -137,21 +137,13 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(args.seed)
     start = 0
     if args.resume:
-        state_dict, _ = ckpt.load_checkpoint(args.out)
-        ckpt.load_into(model, state_dict, args.out)
-        state = ckpt.load_train_state(args.out)
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["data_rng"])
-        common.set_rng_state(state["rng"])
-        start = state["step"]
-        print(f"resumed {args.out} at step {start}")
+        start = common.resume(args.out, model, optimizer, gen)
 
     log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
 
     def save(step, metrics):
         common.save_stage(args.out, model, stage="sft", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state={"optimizer": optimizer.state_dict(), "step": step,
-                                       "data_rng": gen.get_state(), "rng": common.rng_state()},
+                          train_state=common.train_state(optimizer, step, gen),
                           extra={"init": args.init, "data_stats": {**read_stats, **enc_stats}})
 
     # ---- the training loop

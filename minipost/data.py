@@ -703,3 +703,14 @@ def batches(items: list, batch_size: int, generator: torch.Generator, shuffle: b
         if drop_last and len(idx) < batch_size:
             return
         yield [items[i] for i in idx]
+
+
+def load_pair_splits(source: str, holdout: float, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], list[dict], dict]:
+    """(train pairs, held-out pairs, stats): the toy world has its own noise-free held-out pairs; any other
+    source holds out a deterministic `holdout` fraction."""
+    pairs, stats = load_pairs(source, cache_dir)
+    if source == "world":
+        val_pairs, _ = load_pairs("world-heldout", cache_dir)
+    else:
+        pairs, val_pairs = split_holdout(pairs, holdout, seed=0)
+    return pairs, val_pairs, stats
