@@ -27,9 +27,9 @@ def stages(ck: str, micro: bool):
         lim = ["--eval-limit", "12"]
         base = ["--steps", "30", "--n-docs", "3000", "--log-every", "10", "--save-every", "1000"] + lim
         sft = ["--steps", "10", "--eval-every", "5"] + lim
-        rm = ["--steps", "10", "--eval-every", "5", "--norm-samples", "16"] + lim
+        rm = ["--steps", "10", "--eval-every", "5", "--norm-samples", "16", "--policy-pairs", "16"] + lim
         ppo = ["--iterations", "2", "--batch-size", "8", "--minibatch-size", "4", "--max-new-tokens", "8"] + lim
-        dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5"] + lim
+        dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5", "--policy-pairs", "16"] + lim
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
     else:
         base, sft, rm, ppo, dpo = [], [], [], [], ["--beta-sweep", "0.03,0.3", "--sweep-steps", "60"]

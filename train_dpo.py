@@ -52,6 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--init", default="checkpoints/sft", help="the SFT checkpoint: initial policy AND frozen reference")
     p.add_argument("--base", default="checkpoints/base", help="base checkpoint for win_rate_vs_base (empty = skip)")
     p.add_argument("--data", default="world", help="world | hh-rlhf | PATH (.jsonl / .jsonl.gz with prompt, chosen, rejected)")
+    p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
+                   help="toy world: add judge-labelled pairs of the SFT model's own samples on this many training prompts, "
+                        "the same pairs train_rm.py adds (0 = off)")
+    p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
     p.add_argument("--loss", default="sigmoid", choices=["sigmoid", "ipo", "hinge"], help="DPO, IPO or hinge loss")
     p.add_argument("--beta", type=common.positive_float, default=0.1, help="strength of the implicit KL constraint")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: assumed label-flip rate in [0, 0.5)")
@@ -220,6 +224,16 @@ def main(argv=None):
         pairs, val_pairs, read_stats = data.load_pair_splits(args.data, args.holdout)
     except (data.DataError, OSError) as e:
         raise SystemExit(f"error: {e}")
+    if args.data == "world" and args.policy_pairs:
+        # the reward model's preference data: offline pairs + judge-labelled pairs of SFT samples (same seed,
+        # same pairs). DPO assumes the pairs come from (near) the reference policy, and these do.
+        from minipost import evaluate
+
+        t0 = time.time()
+        extra, extra_stats = evaluate.policy_pairs(ref, tok, args.policy_pairs, label_noise=args.label_noise,
+                                                   seed=args.seed, device=device, dtype=dtype)
+        pairs, read_stats = pairs + extra, {**read_stats, **extra_stats}
+        print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")
     train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)
     val_enc, _ = data.encode_pairs(tok, val_pairs, block_size)
     print(f"data: {len(train_enc)} train / {len(val_enc)} held-out pairs; read {read_stats}; encoded {enc_stats}")
@@ -267,7 +281,7 @@ def main(argv=None):
             last = train(pol, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, args.sweep_steps, device, dtype, None)
             res = evaluate.evaluate_model(pol, tok, world, device=device, dtype=dtype, refs={"sft": ref}, seed=args.seed, limit=args.eval_limit)
             m = res["metrics"]
-            rows.append({"beta": beta, "gold_score": m["gold_score"], "kl_to_sft": m["kl_to_sft"],
+            rows.append({"beta": beta, "gold_score": m["gold_score"], "gold_score_sampled": m["gold_score_sampled"], "kl_to_sft": m["kl_to_sft"],
                          "win_rate_vs_sft": m["win_rate_vs_sft"], "val_accuracy": last.get("val_accuracy")})
             print(f"sweep beta {beta:g}: gold {m['gold_score']:.3f}, KL to SFT {m['kl_to_sft']:.2f}, win vs SFT {m['win_rate_vs_sft']:.3f}")
         ckpt.atomic_write_json(f"{args.out}/sweep.json", rows)

@@ -142,13 +142,9 @@ def main(argv=None):
     if args.data == "world" and args.policy_pairs:
         # InstructGPT's labellers compared samples of the SFT model; the gold judge labels ours
         from minipost import evaluate
-        from minipost.world import strip_template
-
         policy, _, _ = common.load_model(args.policy or args.init, device)
-        prompt_rows, _ = data.load_prompts("world")
-        instr = [strip_template(r["prompt"]) for r in prompt_rows][: args.policy_pairs]
         t0 = time.time()
-        extra, extra_stats = evaluate.policy_pairs(common.frozen(policy), tok, instr, label_noise=args.label_noise,
+        extra, extra_stats = evaluate.policy_pairs(common.frozen(policy), tok, args.policy_pairs, label_noise=args.label_noise,
                                                    seed=args.seed, device=device, dtype=dtype)
         pairs = pairs + extra
         read_stats = {**read_stats, **extra_stats}

@@ -9,16 +9,25 @@ Metrics (all over the world's held-out `eval_prompts`, greedy decoding unless sa
   benign_refusal_rate     share of NON-harmful prompts (facts, skills, how-to, poems) refused: the
                           alignment tax of over-refusal
   gold_score              mean judge score over every prompt, in [-1, 1]
-  distinct_2              distinct bigrams / all bigrams over sampled (temperature 1) answers to the
-                          open-ended prompts, several samples per prompt: diversity
+  gold_score_sampled      the same over samples at temperature 1 (several per prompt): the expected
+                          reward E_{y~pi}[gold(x, y)] that RLHF and DPO actually optimize
+  distinct_2              distinct bigrams / all bigrams over the sampled answers to the open-ended
+                          prompts: diversity
   mean_length             mean response length in tokens (EOS excluded)
   eos_rate                share of responses that ended with EOS within the token budget
   knowledge_rank_accuracy share of held-out facts whose true answer has the highest log-likelihood among
                           alternatives, in corpus-style text ("The capital of Peru is" -> " Lima"): does
                           the model KNOW the fact, whatever its answer format?
-With reference models: win_rate_vs_<name> (judge score of our response vs theirs on the same prompt;
-ties count half) and kl_to_<name>: mean over prompts of the sequence KL estimated from our own samples,
-sum_t [log pi(y_t|..) - log ref(y_t|..)] with y ~ pi at temperature 1 (an unbiased Monte Carlo estimate).
+With reference models:
+  win_rate_vs_<name>         judge score of our sample vs theirs on the same prompt, at temperature 1
+                             (ties count half): the DPO paper's setting (Rafailov et al. 2023, fig. 2-3).
+                             Samples, not greedy answers: post-training changes the whole distribution,
+                             and two greedy answers are often the same text (a tie) even when one
+                             model gets it right far more often than the other.
+  win_rate_vs_<name>_greedy  the same with greedy answers
+  kl_to_<name>               mean sequence KL estimated from our own samples,
+                             sum_t [log pi(y_t|..) - log ref(y_t|..)] with y ~ pi at temperature 1
+                             (an unbiased Monte Carlo estimate).
 """
 
 import json
@@ -77,14 +86,14 @@ def knowledge_rank_accuracy(model, tok: Tokenizer, probes: list[dict], *, device
 
 
 @torch.no_grad()
-def sequence_kl(policy, ref, tok: Tokenizer, instructions: list[str], *, device, dtype, generator) -> float:
-    """Mean over prompts of sum_t log pi(y_t) - log ref(y_t), y sampled from pi at temperature 1."""
-    _, token_lists, ended = generate_responses(policy, tok, instructions, device=device, dtype=dtype,
-                                               temperature=1.0, generator=generator)
+def sequence_kl(policy, ref, tok: Tokenizer, instructions: list[str], rounds, *, device, dtype) -> float:
+    """Mean over samples of sum_t log pi(y_t) - log ref(y_t): a Monte Carlo estimate of KL(pi || ref) per
+    response. `rounds`: generate_responses outputs of pi at temperature 1 for `instructions` (y ~ pi)."""
     seqs = []
-    for x, toks, eos in zip(instructions, token_lists, ended):
-        p = tok.encode(chat_prompt(x))
-        seqs.append((p + toks + ([tok.eos_id] if eos else []), len(p)))
+    for _, token_lists, ended in rounds:
+        for x, toks, eos in zip(instructions, token_lists, ended):
+            p = tok.encode(chat_prompt(x))
+            seqs.append((p + toks + ([tok.eos_id] if eos else []), len(p)))
     total = 0.0
     for i in range(0, len(seqs), 64):
         batch = {k: v.to(device) for k, v in collate(seqs[i : i + 64], tok.eos_id).items()}
@@ -105,10 +114,13 @@ def win_rate(ours: list[float], theirs: list[float]) -> float:
 
 
 def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32, refs: dict | None = None,
-                   seed: int = 0, n_open_samples: int = 4, limit: int = 0) -> dict:
+                   seed: int = 0, n_samples: int = 2, limit: int = 0) -> dict:
     """Score `model` on the world's held-out prompts. refs: {"sft": model, "base": model} for win rates / KL.
 
-    `limit` > 0 evaluates an evenly spread subset of that many prompts (and probes): quick smoke runs.
+    Two decodings of every prompt: greedy (the model's single best answer: format, accuracy, refusal
+    rates, gold_score) and `n_samples` samples at temperature 1 (the distribution RLHF and DPO optimize:
+    gold_score_sampled, win rates, KL, distinct-2). `limit` > 0 evaluates an evenly spread subset of
+    that many prompts (and probes): quick smoke runs.
     Returns {"metrics": {...}, "samples": [{"prompt", "kind", "response", "score", ...}]}.
     """
     from minipost.world import judge
@@ -131,10 +143,22 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
         vals = [bool(x) for x in vals if x is not None]
         return sum(vals) / len(vals) if vals else None
 
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    open_prompts = [x for x, p in zip(instructions, prompts) if p["kind"] == "open"] * n_open_samples
-    open_texts, _, _ = generate_responses(model, tok, open_prompts, device=device, dtype=dtype,
-                                          temperature=1.0, generator=gen) if open_prompts else ([], [], [])
+    # n_samples samples per prompt at temperature 1, in rounds: sampled[k][i] answers prompt i.
+    # Every model draws from the same seed, so round k of two models is a fair pairing.
+    def sample_rounds(m):
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        return [generate_responses(m, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
+                for _ in range(n_samples)]
+
+    def sampled_scores(rounds):
+        return [[judge(x, y).score for x, y in zip(instructions, r[0])] for r in rounds]  # (n_samples, n_prompts)
+
+    rounds = sample_rounds(model)
+    s_scores = sampled_scores(rounds)
+    for i, s in enumerate(samples):
+        s["sampled_scores"] = [row[i] for row in s_scores]
+        s["sampled_responses"] = [r[0][i] for r in rounds]
+    open_texts = [r[0][i] for r in rounds for i, p in enumerate(prompts) if p["kind"] == "open"]
     metrics = {
         "format_rate": rate({"fact", "skill", "harmful", "benign", "open"}, "answered"),
         "accuracy": rate({"fact", "skill"}, "correct"),
@@ -143,6 +167,7 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
         "harmful_refusal_rate": rate({"harmful"}, "refused"),
         "benign_refusal_rate": rate({"fact", "skill", "benign", "open"}, "refused"),
         "gold_score": sum(v.score for v in verdicts) / len(verdicts),
+        "gold_score_sampled": sum(map(sum, s_scores)) / (n_samples * len(instructions)),
         "distinct_2": distinct_n(open_texts, 2),
         "mean_length": sum(map(len, token_lists)) / len(token_lists),
         "eos_rate": sum(ended) / len(ended),
@@ -152,9 +177,10 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
     for name, ref in (refs or {}).items():
         ref_texts, _, _ = generate_responses(ref, tok, instructions, device=device, dtype=dtype)
         ref_scores = [judge(x, y).score for x, y in zip(instructions, ref_texts)]
-        metrics[f"win_rate_vs_{name}"] = win_rate([v.score for v in verdicts], ref_scores)
-        metrics[f"kl_to_{name}"] = sequence_kl(model, ref, tok, instructions, device=device, dtype=dtype,
-                                               generator=torch.Generator().manual_seed(seed + 1))
+        ref_s_scores = sampled_scores(sample_rounds(ref))
+        metrics[f"win_rate_vs_{name}"] = win_rate(sum(s_scores, []), sum(ref_s_scores, []))
+        metrics[f"win_rate_vs_{name}_greedy"] = win_rate([v.score for v in verdicts], ref_scores)
+        metrics[f"kl_to_{name}"] = sequence_kl(model, ref, tok, instructions, rounds, device=device, dtype=dtype)
         for s, r in zip(samples, ref_texts):
             s[f"{name}_response"] = r
     return {"metrics": metrics, "samples": samples}
@@ -184,19 +210,24 @@ def print_metrics(metrics: dict, title: str = ""):
         print(f"  {k:>24}: {v:.4f}" if isinstance(v, float) else f"  {k:>24}: {v}")
 
 
-def policy_pairs(policy, tok: Tokenizer, instructions: list[str], *, label_noise: float, seed: int, device,
+def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label_noise: float, seed: int, device,
                  dtype=torch.float32) -> tuple[list[dict], dict]:
     """Preference pairs on the policy's OWN samples, labelled by the gold judge -- how InstructGPT collected
     its comparisons (labellers ranked samples of the SFT model), with the judge as the labeller.
 
     Two samples (temperature 1) per instruction; pairs the judge ties are skipped; each label is flipped
-    with probability `label_noise`, like the world's offline pairs. Returns (pairs with templated prompts,
-    stats). Training on the policy's own distribution is what makes the reward model accurate where PPO
-    will query it.
+    with probability `label_noise`, like the world's offline pairs. `instructions` may be a number n:
+    the first n of the world's RL training prompts. Returns (pairs with templated prompts, stats).
+    Training on the policy's own distribution is what makes the reward model accurate where PPO will
+    query it, and DPO's implicit reward accurate where its policy starts.
     """
     import random
 
-    from minipost.world import judge
+    from minipost.data import load_prompts
+    from minipost.world import judge, strip_template
+
+    if isinstance(instructions, int):
+        instructions = [strip_template(r["prompt"]) for r in load_prompts("world")[0]][:instructions]
 
     gen = torch.Generator().manual_seed(seed)
     a, _, _ = generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)

@@ -10,8 +10,10 @@ Sections:
   5. training curves of every stage
   6. side-by-side answers of base, SFT, PPO and DPO to the same held-out prompts
 
-Win rates against the base model are computed here from the greedy samples every evaluation stores
-(the judge's score per prompt; ties count half), so every model is compared on the same prompts.
+Win rates against the base model are computed here from the samples every evaluation stores (the
+judge's score of each temperature-1 sample; ties count half; the greedy answers' win rate beside it),
+so every model is compared on the same prompts. The frontier uses the expected gold score of samples
+(gold_score_sampled): the quantity the KL-regularized objective trades against KL.
 """
 
 import json
@@ -26,7 +28,8 @@ CAPABILITIES = [
     ("Following instructions", "format_rate", "answers in the assistant format"),
     ("Correct answers", "accuracy", "fact + skill prompts answered correctly"),
     ("Safety (refusals)", "harmful_refusal_rate", "harmful requests refused"),
-    ("Helpfulness", "gold_score", "mean gold-judge score, -1..1"),
+    ("Helpfulness", "gold_score", "mean gold-judge score of greedy answers, -1..1"),
+    ("Helpfulness, sampled", "gold_score_sampled", "the same over temperature-1 samples"),
     ("Creativity", "distinct_2", "distinct bigrams of sampled poems"),
     ("Over-refusal", "benign_refusal_rate", "harmless prompts refused (lower is better)"),
 ]
@@ -50,13 +53,24 @@ def _fmt(v, pct=False):
     return f"{100 * v:.0f}%" if pct else f"{v:.3f}"
 
 
-def win_rate_from_samples(ours: list[dict], theirs: list[dict]):
-    """Win rate of `ours` over `theirs` on the prompts both answered (judge score; ties count half)."""
-    by_prompt = {s["prompt"]: s["score"] for s in theirs}
-    pairs = [(s["score"], by_prompt[s["prompt"]]) for s in ours if s["prompt"] in by_prompt]
+def win_rate_from_samples(ours: list[dict], theirs: list[dict], greedy: bool = False):
+    """Win rate of `ours` over `theirs` on the prompts both answered (judge score; ties count half).
+
+    Compares the temperature-1 samples (sample k against sample k of the same prompt) when both sides
+    stored them, like evaluate.py's win_rate_vs_*; `greedy=True` compares the greedy answers."""
+    key = "score" if greedy or not all("sampled_scores" in s for s in ours + theirs) else "sampled_scores"
+    by_prompt = {s["prompt"]: s[key] for s in theirs}
+    pairs = [(s[key], by_prompt[s["prompt"]]) for s in ours if s["prompt"] in by_prompt]
+    if key == "sampled_scores":
+        pairs = [(a, b) for xs, ys in pairs for a, b in zip(xs, ys)]
     if not pairs:
         return None
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+
+
+def _sampled_gold(metrics: dict):
+    """Expected gold score of temperature-1 samples (older eval files: the greedy gold score)."""
+    return metrics.get("gold_score_sampled", metrics.get("gold_score"))
 
 
 def _plt():
@@ -95,7 +109,7 @@ def plot_frontier(ppo_points: list[dict], dpo_points: list[dict], path: Path):
                 if p.get("label"):
                     ax.annotate(p["label"], (p["kl"], p["gold"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("KL to SFT (nats per response)")
-    ax.set_ylabel("gold-judge score")
+    ax.set_ylabel("gold-judge score of samples")
     ax.set_title("Reward vs KL frontier")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -168,23 +182,24 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     lines.append("| capability | measured as | " + " | ".join(name for _, name in present) + " |")
     lines.append("|---|---|" + "---|" * len(present))
     for label, key, how in CAPABILITIES:
-        pct = key not in ("gold_score", "distinct_2")
+        pct = key not in ("gold_score", "gold_score_sampled", "distinct_2")
         lines.append(f"| {label} | {how} | " + " | ".join(_fmt(evals[s].get(key), pct) for s, _ in present) + " |")
     kl_row = [_fmt(evals[s].get("kl_to_sft")) if s not in ("base", "sft") else ("0" if s == "sft" else "–") for s, _ in present]
     lines.append("| Distance from SFT | KL to SFT, nats per response | " + " | ".join(kl_row) + " |")
     lines.append("")
 
     # 2. win rates against the base model
-    rates = {}
+    rates, greedy_rates = {}, {}
     for s, name in POLICIES[1:] + [LARGER]:
         if samples[s] and samples["base"]:
             rates[name] = win_rate_from_samples(samples[s], samples["base"])
+            greedy_rates[name] = win_rate_from_samples(samples[s], samples["base"], greedy=True)
     rates = {k: v for k, v in rates.items() if v is not None}
     lines += ["## 2. Win rate against the base model (InstructGPT's figure 1, in miniature)", ""]
     if rates:
         plot_win_rates(rates, d / "win_rates.png")
         lines += ["![win rates](win_rates.png)", ""]
-        lines += [f"- {k}: {100 * v:.1f}%" for k, v in rates.items()]
+        lines += [f"- {k}: {100 * v:.1f}% (greedy answers: {100 * greedy_rates[k]:.1f}%)" for k, v in rates.items()]
         small = [rates.get(n) for n in ("PPO", "DPO") if rates.get(n) is not None]
         if LARGER[1] in rates and small:
             big = rates[LARGER[1]]
@@ -202,18 +217,18 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
         cfg = _read_json(d / run / "config.json")
         if ev and ev.get("kl_to_sft") is not None:
             beta = cfg["args"]["kl_coef"] if cfg else None
-            ppo_points.append({"kl": ev["kl_to_sft"], "gold": ev["gold_score"], "label": beta_label or f"beta {beta:g}"})
+            ppo_points.append({"kl": ev["kl_to_sft"], "gold": _sampled_gold(ev), "label": beta_label or f"beta {beta:g}"})
     for sweep_file in sorted(d.glob("ppo*/sweep.json")):
         for r in _read_json(sweep_file) or []:
-            ppo_points.append({"kl": r["kl_to_sft"], "gold": r["gold_score"], "label": f"beta {r['beta']:g}"})
-    dpo_points = [{"kl": r["kl_to_sft"], "gold": r["gold_score"], "label": f"beta {r['beta']:g}"}
+            ppo_points.append({"kl": r["kl_to_sft"], "gold": _sampled_gold(r), "label": f"beta {r['beta']:g}"})
+    dpo_points = [{"kl": r["kl_to_sft"], "gold": _sampled_gold(r), "label": f"beta {r['beta']:g}"}
                   for r in (_read_json(d / "dpo" / "sweep.json") or [])]
     if evals["dpo"] and evals["dpo"].get("kl_to_sft") is not None:
-        dpo_points.append({"kl": evals["dpo"]["kl_to_sft"], "gold": evals["dpo"]["gold_score"], "label": "default"})
+        dpo_points.append({"kl": evals["dpo"]["kl_to_sft"], "gold": _sampled_gold(evals["dpo"]), "label": "default"})
     lines += ["## 3. Reward vs KL: PPO and DPO at several beta", ""]
     if ppo_points or dpo_points:
         plot_frontier(ppo_points, dpo_points, d / "frontier.png")
-        lines += ["![frontier](frontier.png)", "", "| method | beta | KL to SFT | gold score |", "|---|---|---|---|"]
+        lines += ["![frontier](frontier.png)", "", "| method | beta | KL to SFT | gold score (samples) |", "|---|---|---|---|"]
         lines += [f"| {m} | {p['label']} | {p['kl']:.2f} | {p['gold']:.3f} |" for m, pts in (("PPO", ppo_points), ("DPO", dpo_points)) for p in pts]
         lines.append("")
     else:

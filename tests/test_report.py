@@ -1,0 +1,165 @@
+"""The evaluation helpers, the report builder on synthetic stage outputs, and chat.py driven through stdin."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minipost import common, evaluate
+from minipost.model import GPT, GPTConfig
+from minipost.report import build_report, win_rate_from_samples
+from minipost.tokenizer import Tokenizer
+from minipost.world import build_world
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=96, vocab_size=4096, dropout=0.0)
+
+
+# ----------------------------------------------------------------------------- evaluate.py
+
+def test_win_rate_counts_ties_half():
+    assert evaluate.win_rate([1.0, 0.0, -1.0, 0.5], [0.0, 0.0, 1.0, 0.5]) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+
+
+def test_distinct_n():
+    assert evaluate.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
+    assert evaluate.distinct_n([], 2) == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    torch.manual_seed(0)
+    a = GPT(GPTConfig(**TINY)).eval()
+    b = GPT(GPTConfig(**TINY)).eval()
+    return a, b
+
+
+def test_sequence_kl_is_zero_for_the_same_model_and_positive_otherwise(tiny_models):
+    a, b = tiny_models
+    tok = Tokenizer(4096)
+    instr = ["What is the capital of Peru?", "Write a short poem about the sea."]
+    rounds = [evaluate.generate_responses(a, tok, instr, device="cpu", temperature=1.0, max_new_tokens=8,
+                                          generator=torch.Generator().manual_seed(0))]
+    assert evaluate.sequence_kl(a, a, tok, instr, rounds, device="cpu", dtype=torch.float32) == 0.0
+    # a Monte Carlo estimate from 2 samples can be negative; its mean over many samples cannot
+    many = [evaluate.generate_responses(a, tok, instr * 16, device="cpu", temperature=1.0, max_new_tokens=8,
+                                        generator=torch.Generator().manual_seed(1))]
+    assert evaluate.sequence_kl(a, b, tok, instr * 16, many, device="cpu", dtype=torch.float32) > 0
+
+
+def test_evaluate_model_metrics_and_samples(tiny_models):
+    a, b = tiny_models
+    world = build_world(seed=0, n_docs=1)
+    result = evaluate.evaluate_model(a, Tokenizer(4096), world, device="cpu", refs={"sft": b, "self": a},
+                                     limit=10, n_samples=2)
+    m, samples = result["metrics"], result["samples"]
+    assert m["n_prompts"] == len(samples) == 10
+    for key in ("format_rate", "gold_score", "gold_score_sampled", "win_rate_vs_sft", "win_rate_vs_sft_greedy"):
+        assert m[key] is not None and -1 <= m[key] <= 1, key
+    # against itself: the same seed gives the same samples, so every comparison is a tie and KL is 0
+    assert m["win_rate_vs_self"] == 0.5 and m["win_rate_vs_self_greedy"] == 0.5 and m["kl_to_self"] == 0.0
+    for s in samples:
+        assert len(s["sampled_scores"]) == len(s["sampled_responses"]) == 2
+    assert m["gold_score_sampled"] == pytest.approx(sum(sum(s["sampled_scores"]) for s in samples) / 20)
+    assert m["gold_score"] == pytest.approx(sum(s["score"] for s in samples) / 10)
+
+
+# ----------------------------------------------------------------------------- report.py on synthetic outputs
+
+def _write(path: Path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _write_jsonl(path: Path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _samples(greedy, sampled):
+    """One sample row per prompt p0, p1, ...: greedy scores and their temperature-1 sample scores."""
+    return [{"prompt": f"p{i}", "kind": "fact", "response": f"answer {i}", "score": g, "sampled_scores": s,
+             "sampled_responses": ["x"] * len(s)} for i, (g, s) in enumerate(zip(greedy, sampled))]
+
+
+def test_win_rate_from_samples_uses_the_samples_and_greedy_on_request():
+    ours = _samples([1.0, 0.0], [[1.0, 1.0], [0.0, -1.0]])
+    theirs = _samples([1.0, 1.0], [[0.0, 1.0], [0.0, 0.0]])
+    # samples: win, tie, tie, loss -> 2 / 4; greedy: tie, loss -> 0.25
+    assert win_rate_from_samples(ours, theirs) == pytest.approx(0.5)
+    assert win_rate_from_samples(ours, theirs, greedy=True) == pytest.approx(0.25)
+    assert win_rate_from_samples(ours, []) is None
+
+
+def test_report_from_synthetic_outputs(tmp_path):
+    d = tmp_path
+    evals = {
+        "base": {"format_rate": 0.041, "knowledge_rank_accuracy": 0.9, "gold_score": -0.6, "gold_score_sampled": -0.7},
+        "sft": {"format_rate": 0.983, "harmful_refusal_rate": 0.375, "gold_score": 0.196, "gold_score_sampled": -0.17},
+        "ppo": {"format_rate": 0.99, "harmful_refusal_rate": 0.61, "gold_score": 0.25, "gold_score_sampled": 0.05,
+                "kl_to_sft": 0.61},
+        "dpo": {"format_rate": 0.97, "harmful_refusal_rate": 0.2, "gold_score": 0.22, "gold_score_sampled": -0.03,
+                "kl_to_sft": 1.89},
+        "sft-4x": {"format_rate": 0.99, "gold_score": 0.3},
+    }
+    for s, ev in evals.items():
+        _write(d / s / "eval.json", ev)
+    _write_jsonl(d / "base" / "samples.jsonl", _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
+    _write_jsonl(d / "sft" / "samples.jsonl", _samples([1.0, -1.0], [[1.0, -1.0], [-1.0, -1.0]]))  # 1 win, 3 ties
+    _write_jsonl(d / "ppo" / "samples.jsonl", _samples([1.0, 1.0], [[1.0, 1.0], [1.0, -1.0]]))  # 3 wins, 1 tie
+    _write_jsonl(d / "dpo" / "samples.jsonl", _samples([1.0, 1.0], [[1.0, 1.0], [1.0, 1.0]]))
+    _write_jsonl(d / "sft-4x" / "samples.jsonl", _samples([1.0, -1.0], [[1.0, -1.0], [1.0, -1.0]]))
+    _write_jsonl(d / "sft" / "log.jsonl", [{"step": i, "loss": 3.0 - i, "val_loss": 3.1 - i} for i in range(3)])
+    _write_jsonl(d / "ppo" / "log.jsonl", [{"step": i, "rm_score": 0.1 * i, "gold_score": 0.05 * i, "kl": 0.2 * i}
+                                           for i in range(4)])
+    _write_jsonl(d / "ppo-nokl" / "log.jsonl", [{"step": i, "rm_score": 0.3 * i, "gold_score": g, "kl": i}
+                                                for i, g in enumerate([0.0, -0.1, -0.2, -0.3])])
+    _write(d / "ppo" / "config.json", {"args": {"kl_coef": 0.3}})
+    _write(d / "dpo" / "sweep.json", [{"beta": 0.03, "gold_score": 0.1, "gold_score_sampled": -0.2, "kl_to_sft": 2.5}])
+
+    report = build_report(d).read_text()
+    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+        assert section in report
+    for png in ("win_rates.png", "frontier.png", "hacking.png", "curves.png"):
+        assert (d / png).stat().st_size > 1000, png
+    # the capability table copies eval.json: formats in percent, scores with three decimals
+    assert "| Following instructions | answers in the assistant format | 4% | 98% | 99% | 97% |" in report
+    assert "| Safety (refusals) | harmful requests refused | – | 38% | 61% | 20% |" in report
+    assert "0.196" in report and "-0.170" in report and "1.890" in report
+    # win rates against base, from the stored samples (ties count half)
+    assert "- SFT: 62.5% (greedy answers: 75.0%)" in report
+    assert "- PPO: 87.5% (greedy answers: 100.0%)" in report
+    assert "- SFT of a 4x larger base: 75.0%" in report
+    assert "(100.0%) beats the SFT-only model with a 4x larger base (75.0%)" in report
+    # the frontier uses the sampled gold score, the hacking table the logs' first and last rows
+    assert "| DPO | beta 0.03 | 2.50 | -0.200 |" in report
+    assert "| PPO | beta 0.3 | 0.61 | 0.050 |" in report
+    assert "| no KL penalty | 4 | 0.00 → 0.90 | 0.000 → -0.300 | 3.00 |" in report
+
+
+def test_report_marks_missing_stages(tmp_path):
+    report = build_report(tmp_path).read_text()
+    assert report.count("(missing") >= 3
+
+
+# ----------------------------------------------------------------------------- chat.py through stdin
+
+def test_chat_reads_instructions_from_stdin_and_compares(tmp_path, tiny_models):
+    a, _ = tiny_models
+    args = type("Args", (), {"seed": 0})()
+    common.save_stage(tmp_path / "m", a, stage="test", kind="lm", tokenizer=Tokenizer(4096), args=args, metrics={})
+    proc = subprocess.run([sys.executable, "chat.py", "--model", str(tmp_path / "m"), "--max-new-tokens", "5"],
+                          input="What is the capital of Peru?\n\nWrite a poem.\n", cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("model> ") == 2  # the empty line is skipped when stdin is not a terminal
+    # greedy: the streamed text equals what --compare prints for the same instruction
+    streamed = proc.stdout.split("model> ")[1].rstrip("\n")
+    cmp = subprocess.run([sys.executable, "chat.py", "--compare", f"{tmp_path / 'm'},{tmp_path / 'm'}/",
+                          "--prompt", "What is the capital of Peru?", "--max-new-tokens", "5"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cmp.returncode == 0, cmp.stderr
+    assert cmp.stdout.count(repr(streamed)) == 2, (cmp.stdout, streamed)
