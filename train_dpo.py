@@ -261,7 +261,11 @@ def main(argv=None):
         if args.base:
             base, _, _ = common.load_model(args.base, device)
             refs["base"] = common.frozen(base)
-        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, seed=args.seed, limit=args.eval_limit)
+        # the references' answers once, reused by every evaluation below (the sweep's too)
+        ref_results = {name: evaluate.evaluate_model(m, tok, world, device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit)
+                       for name, m in refs.items()}
+        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, ref_results=ref_results,
+                                         seed=args.seed, limit=args.eval_limit)
         evaluate.print_samples(result, n=2, title="DPO model, held-out prompts (greedy)")
         evaluate.print_metrics(result["metrics"], "DPO evaluation")
         metrics.update(result["metrics"])
@@ -272,19 +276,23 @@ def main(argv=None):
     print(f"wrote {args.out}")
 
     # ---- the beta sweep: how far (KL) each beta moves from SFT, and what the gold judge thinks of it
-    if args.sweep and args.data == "world":
+    if args.sweep and result is not None:
         from minipost import evaluate
 
         rows = []
         for beta in args.sweep:
             pol, _, _ = common.load_model(args.init, device)
             last = train(pol, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, args.sweep_steps, device, dtype, None)
-            res = evaluate.evaluate_model(pol, tok, world, device=device, dtype=dtype, refs={"sft": ref}, seed=args.seed, limit=args.eval_limit)
+            res = evaluate.evaluate_model(pol, tok, world, device=device, dtype=dtype, refs={"sft": ref},
+                                          ref_results=ref_results, seed=args.seed, limit=args.eval_limit)
             m = res["metrics"]
             rows.append({"beta": beta, "gold_score": m["gold_score"], "gold_score_sampled": m["gold_score_sampled"], "kl_to_sft": m["kl_to_sft"],
                          "win_rate_vs_sft": m["win_rate_vs_sft"], "val_accuracy": last.get("val_accuracy")})
-            print(f"sweep beta {beta:g}: gold {m['gold_score']:.3f}, KL to SFT {m['kl_to_sft']:.2f}, win vs SFT {m['win_rate_vs_sft']:.3f}")
+            print(f"sweep beta {beta:g}: gold {m['gold_score']:.3f} (samples {m['gold_score_sampled']:.3f}), "
+                  f"KL to SFT {m['kl_to_sft']:.2f}, win vs SFT {m['win_rate_vs_sft']:.3f}")
         ckpt.atomic_write_json(f"{args.out}/sweep.json", rows)
+    elif args.sweep:
+        print("--beta-sweep skipped: it needs the toy world's judge (--data world) and the evaluation (no --skip-eval)")
 
 
 if __name__ == "__main__":

@@ -195,8 +195,9 @@ def main(argv=None):
     base, _, _ = common.load_model(args.init, device)
     common.frozen(base)
     model.eval()
-    result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, refs={"base": base}, seed=args.seed, limit=args.eval_limit)
     base_result = evaluate.evaluate_model(base, tok, world, device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit)
+    result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, refs={"base": base},
+                                     ref_results={"base": base_result}, seed=args.seed, limit=args.eval_limit)
     print("--- the same held-out prompts, base model vs SFT model (greedy)")
     for kind in ("fact", "skill", "harmful", "benign", "open"):
         for s in [s for s in result["samples"] if s["kind"] == kind][:2]:
@@ -206,7 +207,7 @@ def main(argv=None):
     evaluate.write_eval(args.out, result)
     print(f"{'metric':>24} | {'base':>8} | {'sft':>8}")
     for k in ("format_rate", "accuracy", "fact_accuracy", "skill_accuracy", "harmful_refusal_rate",
-              "benign_refusal_rate", "gold_score", "distinct_2", "mean_length", "eos_rate", "knowledge_rank_accuracy"):
+              "benign_refusal_rate", "gold_score", "gold_score_sampled", "distinct_2", "mean_length", "eos_rate", "knowledge_rank_accuracy"):
         fb = "n/a" if b[k] is None else f"{b[k]:.3f}"
         fm = "n/a" if m[k] is None else f"{m[k]:.3f}"
         print(f"{k:>24} | {fb:>8} | {fm:>8}")

@@ -114,8 +114,10 @@ def win_rate(ours: list[float], theirs: list[float]) -> float:
 
 
 def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32, refs: dict | None = None,
-                   seed: int = 0, n_samples: int = 2, limit: int = 0) -> dict:
+                   ref_results: dict | None = None, seed: int = 0, n_samples: int = 2, limit: int = 0) -> dict:
     """Score `model` on the world's held-out prompts. refs: {"sft": model, "base": model} for win rates / KL.
+    ref_results: {"sft": evaluate_model(sft_model, ...)} reuses a reference's answers instead of generating
+    them again (same seed, n_samples and limit, so the same answers).
 
     Two decodings of every prompt: greedy (the model's single best answer: format, accuracy, refusal
     rates, gold_score) and `n_samples` samples at temperature 1 (the distribution RLHF and DPO optimize:
@@ -175,14 +177,17 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
         "n_prompts": len(prompts),
     }
     for name, ref in (refs or {}).items():
-        ref_texts, _, _ = generate_responses(ref, tok, instructions, device=device, dtype=dtype)
-        ref_scores = [judge(x, y).score for x, y in zip(instructions, ref_texts)]
-        ref_s_scores = sampled_scores(sample_rounds(ref))
-        metrics[f"win_rate_vs_{name}"] = win_rate(sum(s_scores, []), sum(ref_s_scores, []))
-        metrics[f"win_rate_vs_{name}_greedy"] = win_rate([v.score for v in verdicts], ref_scores)
+        theirs = (ref_results or {}).get(name)
+        if theirs is None:
+            theirs = evaluate_model(ref, tok, world, device=device, dtype=dtype, seed=seed, n_samples=n_samples, limit=limit)
+        theirs = theirs["samples"]
+        assert [t["prompt"] for t in theirs] == instructions, f"ref_results[{name!r}] answered other prompts"
+        metrics[f"win_rate_vs_{name}"] = win_rate([a for s in samples for a in s["sampled_scores"]],
+                                                  [b for t in theirs for b in t["sampled_scores"]])
+        metrics[f"win_rate_vs_{name}_greedy"] = win_rate([s["score"] for s in samples], [t["score"] for t in theirs])
         metrics[f"kl_to_{name}"] = sequence_kl(model, ref, tok, instructions, rounds, device=device, dtype=dtype)
-        for s, r in zip(samples, ref_texts):
-            s[f"{name}_response"] = r
+        for s, t in zip(samples, theirs):
+            s[f"{name}_response"] = t["response"]
     return {"metrics": metrics, "samples": samples}
 
 
