@@ -32,18 +32,19 @@ def stages(ck: str, micro: bool):
         dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5", "--policy-pairs", "16"] + lim
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
     else:
-        base, sft, rm, ppo, dpo = [], [], [], [], ["--beta-sweep", "0.03,0.3", "--sweep-steps", "60"]
-        big = ["--steps", "250"]
+        base, sft, rm, ppo, dpo = [], [], [], [], ["--beta-sweep", "0.1,1"]
+        big = ["--steps", "150"]
     return [
         ("base", "train_base.py", base, c("base")),
         ("sft", "train_sft.py", ["--init", c("base")] + sft, c("sft")),
         ("rm", "train_rm.py", ["--init", c("sft")] + rm, c("rm")),
         ("ppo", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base")] + ppo, c("ppo")),
         ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--kl-coef", "0", "--skip-eval"]
-         + (ppo or ["--iterations", "20"]), c("ppo-nokl")),
+         + (ppo or ["--iterations", "15"]), c("ppo-nokl")),
         ("dpo", "train_dpo.py", ["--init", c("sft"), "--base", c("base")] + dpo, c("dpo")),
         ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),
-        ("sft-4x", "train_sft.py", ["--init", c("base-4x")] + sft, c("sft-4x")),
+        # compared with the SMALL base, like the aligned small models (InstructGPT's figure 1)
+        ("sft-4x", "train_sft.py", ["--init", c("base-4x"), "--base", c("base")] + sft, c("sft-4x")),
     ]
 
 

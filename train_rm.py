@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
                    help="toy world: add judge-labelled pairs of the policy's own samples on this many training prompts (0 = off)")
     p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
-    p.add_argument("--steps", type=common.positive_int, default=150, help="optimizer steps")
+    p.add_argument("--steps", type=common.positive_int, default=100, help="optimizer steps (held-out accuracy plateaus by ~50)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per sequence; -1 = the model's context")
     p.add_argument("--lr", type=common.positive_float, default=1e-4, help="peak learning rate")

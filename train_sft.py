@@ -41,6 +41,7 @@ from minipost import common, data
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="checkpoints/base", help="base checkpoint directory, or gpt2 | gpt2-medium | ... (official weights)")
+    p.add_argument("--base", default="", help="model the evaluation compares against (win rate, KL); empty = --init")
     p.add_argument("--data", default="world", help="world | alpaca | dolly | PATH (.json / .jsonl / .jsonl.gz)")
     p.add_argument("--steps", type=common.positive_int, default=60, help="optimizer steps (short and gentle: longer SFT erodes pre-trained knowledge)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="examples per optimizer step")
@@ -192,7 +193,7 @@ def main(argv=None):
     from minipost.world import build_world
 
     world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-    base, _, _ = common.load_model(args.init, device)
+    base, _, _ = common.load_model(args.base or args.init, device)
     common.frozen(base)
     model.eval()
     base_result = evaluate.evaluate_model(base, tok, world, device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit)

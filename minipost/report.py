@@ -68,6 +68,11 @@ def win_rate_from_samples(ours: list[dict], theirs: list[dict], greedy: bool = F
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
 
 
+def _mean(rows: list[dict], key: str):
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def _sampled_gold(metrics: dict):
     """Expected gold score of temperature-1 samples (older eval files: the greedy gold score)."""
     return metrics.get("gold_score_sampled", metrics.get("gold_score"))
@@ -243,12 +248,15 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     lines += ["## 4. Reward hacking: the KL penalty at work", ""]
     if runs:
         plot_hacking(runs, d / "hacking.png")
-        lines += ["![reward hacking](hacking.png)", "", "| run | iterations | RM score first → last | gold first → last | KL last |",
-                  "|---|---|---|---|---|"]
+        lines += ["![reward hacking](hacking.png)", "",
+                  "Each iteration's numbers come from its 64 rollouts, so they are noisy: the table averages the first "
+                  "and the last five iterations.", "",
+                  "| run | iterations | RM score first → last | gold first → last | KL first → last |", "|---|---|---|---|---|"]
         for label, rows in runs.items():
-            g0, g1 = rows[0].get("gold_score"), rows[-1].get("gold_score")
-            lines.append(f"| {label} | {len(rows)} | {rows[0]['rm_score']:.2f} → {rows[-1]['rm_score']:.2f} | "
-                         f"{_fmt(g0)} → {_fmt(g1)} | {rows[-1]['kl']:.2f} |")
+            head, tail = rows[:5], rows[-5:]
+            lines.append(f"| {label} | {len(rows)} | {_mean(head, 'rm_score'):.2f} → {_mean(tail, 'rm_score'):.2f} | "
+                         f"{_fmt(_mean(head, 'gold_score'))} → {_fmt(_mean(tail, 'gold_score'))} | "
+                         f"{_mean(head, 'kl'):.2f} → {_mean(tail, 'kl'):.2f} |")
         lines.append("")
     else:
         lines += ["(missing)", ""]

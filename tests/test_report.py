@@ -115,8 +115,8 @@ def test_report_from_synthetic_outputs(tmp_path):
     _write_jsonl(d / "sft" / "log.jsonl", [{"step": i, "loss": 3.0 - i, "val_loss": 3.1 - i} for i in range(3)])
     _write_jsonl(d / "ppo" / "log.jsonl", [{"step": i, "rm_score": 0.1 * i, "gold_score": 0.05 * i, "kl": 0.2 * i}
                                            for i in range(4)])
-    _write_jsonl(d / "ppo-nokl" / "log.jsonl", [{"step": i, "rm_score": 0.3 * i, "gold_score": g, "kl": i}
-                                                for i, g in enumerate([0.0, -0.1, -0.2, -0.3])])
+    _write_jsonl(d / "ppo-nokl" / "log.jsonl", [{"step": i, "rm_score": 0.3 * i, "gold_score": -i / 10, "kl": i}
+                                                for i in range(8)])
     _write(d / "ppo" / "config.json", {"args": {"kl_coef": 0.3}})
     _write(d / "dpo" / "sweep.json", [{"beta": 0.03, "gold_score": 0.1, "gold_score_sampled": -0.2, "kl_to_sft": 2.5}])
 
@@ -137,7 +137,8 @@ def test_report_from_synthetic_outputs(tmp_path):
     # the frontier uses the sampled gold score, the hacking table the logs' first and last rows
     assert "| DPO | beta 0.03 | 2.50 | -0.200 |" in report
     assert "| PPO | beta 0.3 | 0.61 | 0.050 |" in report
-    assert "| no KL penalty | 4 | 0.00 → 0.90 | 0.000 → -0.300 | 3.00 |" in report
+    # means of the first and the last five iterations (0-4 and 3-7)
+    assert "| no KL penalty | 8 | 0.60 → 1.50 | -0.200 → -0.500 | 2.00 → 5.00 |" in report
 
 
 def test_report_marks_missing_stages(tmp_path):
