@@ -31,6 +31,7 @@ With reference models:
 """
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -250,3 +251,49 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
             flipped += 1
         pairs.append({"prompt": chat_prompt(x), "chosen": chosen, "rejected": rejected})
     return pairs, {"policy_pairs": len(pairs), "policy_ties_skipped": ties, "policy_labels_flipped": flipped}
+
+
+@torch.no_grad()
+def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device, dtype=torch.float32, seed=0) -> dict:
+    """A ceiling for preference training: pick, for every held-out prompt, the best of n samples by the
+    gold judge itself (a perfect reward model, best-of-n sampling), and measure its win rate against a
+    fresh pair of ordinary samples, as win_rate_vs_<name> does. Best-of-n drifts log(n) - (n - 1)/n nats
+    from the model at most (Stiennon et al. 2020), so it also prices each win rate in KL.
+    Returns {n: (win rate, mean gold score)}."""
+    from minipost.world import judge
+
+    instructions = [p["prompt"] for p in world.eval_prompts]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def one_round():
+        texts, _, _ = generate_responses(model, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
+        return [judge(x, y).score for x, y in zip(instructions, texts)]
+
+    ordinary = one_round() + one_round()
+    rounds = [one_round() for _ in range(max(ns))]
+    out = {}
+    for n in ns:
+        best = [max(r[i] for r in rounds[:n]) for i in range(len(instructions))]
+        out[n] = (win_rate(best + best, ordinary), sum(best) / len(best))
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from minipost.world import build_world
+
+    p = argparse.ArgumentParser(description="python -m minipost.evaluate CHECKPOINT: the gold judge's best-of-n ceiling")
+    p.add_argument("checkpoint", nargs="?", default="checkpoints/sft")
+    p.add_argument("--best-of", default="1,2,4,8", help="comma-separated n")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    model, tok, config = common.load_model(a.checkpoint, "cpu")
+    dev = common.pick_device("")
+    dtype, _ = common.pick_dtype(dev)
+    world = build_world(seed=config.get("world_seed", 0), n_docs=1)
+    res = best_of_n_win_rates(common.frozen(model.to(dev)), tok, world, [int(n) for n in a.best_of.split(",")],
+                              device=dev, dtype=dtype, seed=a.seed)
+    print(f"{a.checkpoint}: best of n samples by the gold judge vs an ordinary sample (held-out prompts)")
+    for n, (w, g) in res.items():
+        print(f"  n={n}: win rate {100 * w:.1f}%, gold score {g:+.3f}, KL <= {math.log(n) - (n - 1) / n:.2f} nats")

@@ -123,20 +123,29 @@ def plot_frontier(ppo_points: list[dict], dpo_points: list[dict], path: Path):
     plt.close(fig)
 
 
+def _running_mean(xs: list, w: int = 5) -> list:
+    """Mean of the last w values at each position (fewer at the start)."""
+    return [sum(xs[max(0, i - w + 1) : i + 1]) / len(xs[max(0, i - w + 1) : i + 1]) for i in range(len(xs))]
+
+
 def plot_hacking(runs: dict, path: Path):
-    """RM score and gold score against KL, per iteration, for PPO runs with and without the KL penalty."""
+    """RM score and gold score against KL, per iteration, for PPO runs with and without the KL penalty.
+    Dots: each iteration (64 rollouts, noisy); lines: running means over 5 iterations."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, rows in runs.items():
+    for (name, rows), color in zip(runs.items(), ["#4c72b0", "#dd8452", "#55a868"]):
+        rows = [r for r in rows if r.get("gold_score") is not None]
         kl = [r["kl"] for r in rows]
-        axes[0].plot(kl, [r["rm_score"] for r in rows], marker=".", label=name)
-        axes[1].plot(kl, [r.get("gold_score") for r in rows], marker=".", label=name)
+        for ax, key in zip(axes, ("rm_score", "gold_score")):
+            ys = [r[key] for r in rows]
+            ax.scatter(kl, ys, s=10, alpha=0.35, color=color)
+            ax.plot(_running_mean(kl), _running_mean(ys), color=color, lw=2, label=f"{name} (5-iteration mean)")
     axes[0].set_title("reward-model score (the proxy)")
-    axes[1].set_title("gold-judge score (the truth)")
+    axes[1].set_title("gold-judge score of the rollouts (the truth)")
     for ax in axes:
         ax.set_xlabel("KL to SFT (nats per response)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -229,7 +238,10 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     dpo_points = [{"kl": r["kl_to_sft"], "gold": _sampled_gold(r), "label": f"beta {r['beta']:g}"}
                   for r in (_read_json(d / "dpo" / "sweep.json") or [])]
     if evals["dpo"] and evals["dpo"].get("kl_to_sft") is not None:
-        dpo_points.append({"kl": evals["dpo"]["kl_to_sft"], "gold": _sampled_gold(evals["dpo"]), "label": "default"})
+        cfg = _read_json(d / "dpo" / "config.json") or {}
+        beta = cfg.get("args", {}).get("beta")
+        label = f"beta {beta:g} (default)" if beta is not None else "default"
+        dpo_points.append({"kl": evals["dpo"]["kl_to_sft"], "gold": _sampled_gold(evals["dpo"]), "label": label})
     lines += ["## 3. Reward vs KL: PPO and DPO at several beta", ""]
     if ppo_points or dpo_points:
         plot_frontier(ppo_points, dpo_points, d / "frontier.png")

@@ -164,3 +164,12 @@ def test_chat_reads_instructions_from_stdin_and_compares(tmp_path, tiny_models):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert cmp.returncode == 0, cmp.stderr
     assert cmp.stdout.count(repr(streamed)) == 2, (cmp.stdout, streamed)
+
+
+def test_best_of_n_ceiling_improves_with_n(tiny_models):
+    a, _ = tiny_models
+    world = build_world(seed=0, n_docs=1)
+    res = evaluate.best_of_n_win_rates(a, Tokenizer(4096), world, ns=(1, 2), device="cpu", seed=0)
+    (w1, g1), (w2, g2) = res[1], res[2]
+    assert g2 >= g1 and w2 >= w1  # the best of two samples includes the first
+    assert 0 <= w1 <= 1
