@@ -121,15 +121,19 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, nh, S, hs)
 
+        # mask None = no padding (see GPT.hidden_states): plain causal attention over T == S tokens, or a
+        # single new token (T == 1) after the cache, which may see every key: then no mask at all
+        causal = mask is None and T > 1
         if self.fused:
             p = self.dropout if self.training else 0.0
-            # mask None = plain causal attention (no padding): lets torch pick its flash kernel
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
+            # is_causal instead of a mask lets torch pick its flash kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
-            if mask is None:  # plain causal: key s is visible to query t when s <= t
-                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            att = att.masked_fill(~mask, float("-inf"))  # every row keeps >= 1 key (see attention_mask_4d)
+            if causal:  # key s is visible to query t when s <= t. Building it costs ~10 us: not worth caching
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))  # every row keeps >= 1 key (see attention_mask_4d)
             att = F.softmax(att, dim=-1)
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
@@ -222,8 +226,10 @@ class GPT(nn.Module):
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
         assert past + T <= self.config.block_size, f"sequence of {past + T} tokens, the context holds {self.config.block_size}"
-        if attention_mask is None and cache is None:  # no padding: plain causal attention (pre-training)
-            pos = torch.arange(T, device=idx.device).expand(B, T)
+        if attention_mask is None and (past == 0 or T == 1):
+            # No padding: plain causal attention (training, a first forward), or one new token after the
+            # cache, which sees every key. No mask to build: the fast path of every decoding step.
+            pos = torch.arange(past, past + T, device=idx.device).expand(B, T)
             mask = None
         else:
             if attention_mask is None:
@@ -288,12 +294,18 @@ class GPT(nn.Module):
             cache = KVCache(self.config, B, total, idx.device, dtype)
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         ids, mask, logps = idx, attention_mask.long(), []
+        # Prompts without padding need no mask at all (hidden_states' fast path): a finished row would
+        # then attend to its EOS padding too, but its later tokens are replaced by EOS and never read.
+        padded = not bool(mask.all())
         step_ids = idx  # what to feed this step: the whole prompt first, then one token at a time
         for _ in range(max_new_tokens):
+            # Only the last position's logits are needed: lm_head on (B, C), not (B, T, C) -- a (B, T0, V)
+            # matmul in the first step that would cost as much as ~T0 decoding steps of lm_head.
             if cache is not None:
-                logits = self(step_ids, mask, cache)[:, -1, :]  # (B, V)
+                h = self.hidden_states(step_ids, mask if padded else None, cache)  # (B, T, C)
             else:
-                logits = self(ids, mask)[:, -1, :]
+                h = self.hidden_states(ids, mask if padded else None)
+            logits = self.lm_head(h[:, -1, :])  # (B, V)
             next_ids, next_logps = sample_next(logits.float(), generator, temperature, top_k, top_p)  # (B,), (B,)
             if eos_token_id is not None:
                 next_ids = torch.where(finished, torch.full_like(next_ids, eos_token_id), next_ids)
