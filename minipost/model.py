@@ -130,7 +130,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
-            if causal:  # key s is visible to query t when s <= t. Building it costs ~10 us: not worth caching
+            if causal:  # key s is visible to query t when s <= t (13-40 us to build at T = 128-256 on CPU: not cached)
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
             if mask is not None:
                 att = att.masked_fill(~mask, float("-inf"))  # every row keeps >= 1 key (see attention_mask_4d)
