@@ -86,6 +86,15 @@ def add_bench_args(p, name: str):
     p.add_argument("--quick", action="store_true", help="tiny iteration counts and shapes: checks that the script runs (numbers meaningless)")
     p.add_argument("--device", default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
     p.add_argument("--out", default=str(RESULTS_DIR / f"{name}.json"), help="JSON file to write")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (intra-op), the same for every implementation; 0 = torch's default")
+
+
+def set_threads(n: int):
+    """torch.set_num_threads(n) when n > 0. Every implementation in a run, and every memory child (see
+    measure_in_child), then runs with the same thread count, which machine_info records."""
+    if n > 0:
+        torch.set_num_threads(n)
 
 
 # -----------------------------------------------------------------------------
@@ -145,6 +154,21 @@ def peak_memory_now(device: torch.device) -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # macOS reports bytes
 
 
+def reset_peak_memory(device: torch.device):
+    """Start the peak over from the memory in use now (weights included): building a model briefly holds two
+    copies of its weights (the random-init minipost model and its copy), which is not what is measured.
+    CUDA: reset_peak_memory_stats. Linux: writing 5 to /proc/self/clear_refs sets VmHWM to the current RSS.
+    Elsewhere nothing (the peak may then be the build's)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def child_report(result: dict):
     """Last line of a child's stdout: the JSON the parent reads."""
     print("CHILD_RESULT " + json.dumps(result), flush=True)
@@ -153,7 +177,7 @@ def child_report(result: dict):
 def measure_in_child(script: str, child_args: list[str], timeout: float = 1800) -> dict | None:
     """Run `python bench/<script> --child ...` in a fresh interpreter; return its CHILD_RESULT dict
     (or None with the error printed: a failed memory measurement must not lose the timing results)."""
-    cmd = [sys.executable, str(BENCH_DIR / script), *child_args]
+    cmd = [sys.executable, str(BENCH_DIR / script), *child_args, "--threads", str(torch.get_num_threads())]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -233,6 +257,8 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]):
 
 
 def write_json(path, payload: dict):
+    if "machine" in payload:  # the load at the end too: a job that started mid-run shows up here
+        payload["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -14,10 +14,15 @@ decodes fewer tokens (--nocache-new-tokens) because it is slow; its tokens/s is 
 optimistic (short sequences are cheaper to recompute than long ones).
 
 Shapes: `tiny` and the `gpt2` shape (124M, random init), batch 1 and 32, prompts of 24 random tokens,
-64 new tokens. Dtypes: fp32, plus bf16 autocast where fast. Rounds alternate between implementations
-and the median is reported. In fp32, the greedy tokens of minipost and transformers are compared.
+64 new tokens (tiny) or 32 (gpt2, to fit run_all.py in about ten minutes on 2 cores). The no-cache path
+runs on `tiny` only (--nocache-shapes): on the gpt2 shape at batch 32 one call takes most of a minute.
+Dtypes: fp32, plus bf16 autocast where fast on the shapes of --bf16-shapes (tiny: what train_ppo.py
+samples with on such a CPU; the gpt2 shape in fp32 only, for time). Rounds alternate between
+implementations and the median is reported; an untimed first call of each is the warmup, and in fp32 it
+also compares the greedy tokens of minipost and transformers.
 
-Peak memory: each configuration again in a fresh process (see benchlib.peak_memory_now).
+Peak memory: each configuration again in a fresh process, one generate call; the weights plus what
+generation needs (KV cache, logits), not the building of the model (see benchlib.reset_peak_memory).
 
     python bench/generate_throughput.py            # full: several minutes on a 2-core CPU
     python bench/generate_throughput.py --quick    # tiny shape, few tokens: checks that it runs
@@ -33,6 +38,7 @@ from minipost import common
 from minipost.model import GPT, config_from_preset
 
 IMPLS = ["minipost", "minipost-fused", "minipost-nocache", "hf"]
+NEW_TOKENS = {"tiny": 64, "gpt2": 32}  # per shape, unless --new-tokens
 
 
 def parse_args(argv=None):
@@ -41,11 +47,13 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default="tiny,gpt2", help="comma-separated presets: tiny, gpt2")
     p.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
     p.add_argument("--prompt-len", type=common.positive_int, default=24, help="prompt tokens (random ids, no padding)")
-    p.add_argument("--new-tokens", type=common.positive_int, default=64, help="new tokens per sequence")
+    p.add_argument("--new-tokens", type=common.nonneg_int, default=0, help="new tokens per sequence (0 = per shape: tiny 64, gpt2 32)")
     p.add_argument("--nocache-new-tokens", type=common.positive_int, default=16,
                    help="new tokens for the slow use_cache=False path (tokens/s normalized)")
+    p.add_argument("--nocache-shapes", default="tiny", help="comma-separated shapes on which the use_cache=False path runs")
     p.add_argument("--dtypes", default="", choices=["", "auto", "fp32", "bf16"],
                    help="auto = fp32 + bf16 autocast where fast; empty = auto, or fp32 with --quick")
+    p.add_argument("--bf16-shapes", default="tiny", help="comma-separated shapes on which bf16 autocast is also timed (where fast)")
     p.add_argument("--rounds", type=common.positive_int, default=3, help="alternating rounds; the median is reported")
     p.add_argument("--hf-attn", default="sdpa", help="transformers attn_implementation (sdpa | eager)")
     p.add_argument("--memory", default="all", choices=["all", "one", "none"],
@@ -92,12 +100,14 @@ def make_generate(impl: str, model, prompt: torch.Tensor, n_new: int, device, dt
     return run
 
 
-def new_tokens_for(impl: str, args) -> int:
-    return args.nocache_new_tokens if impl == "minipost-nocache" else args.new_tokens
+def new_tokens_for(impl: str, shape: str, args) -> int:
+    if impl == "minipost-nocache":
+        return args.nocache_new_tokens
+    return args.new_tokens or NEW_TOKENS[shape]
 
 
 def child(args, device):
-    """One configuration in this fresh process: two generate calls, then the peak memory."""
+    """One configuration in this fresh process: one generate call, then the peak memory."""
     base_mem = benchlib.peak_memory_now(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -109,9 +119,9 @@ def child(args, device):
     model = build(args.impl, base, args.hf_attn)
     del base
     gc.collect()
+    benchlib.reset_peak_memory(device)  # the peak from here on: the model's weights + what the run needs
     prompt = torch.randint(0, model.config.vocab_size - 1, (args.batch, args.prompt_len), device=device)
-    run = make_generate(args.impl, model, prompt, new_tokens_for(args.impl, args), device, benchlib.dtype_from_name(args.dtype))
-    run()
+    run = make_generate(args.impl, model, prompt, new_tokens_for(args.impl, args.shape, args), device, benchlib.dtype_from_name(args.dtype))
     run()
     benchlib.sync(device)
     peak = benchlib.peak_memory_now(device)
@@ -120,6 +130,7 @@ def child(args, device):
 
 def main(argv=None):
     args = parse_args(argv)
+    benchlib.set_threads(args.threads)
     device = common.pick_device(args.device)
     if args.child:
         return child(args, device)
@@ -134,35 +145,39 @@ def main(argv=None):
     for shape in args.shapes.split(","):
         torch.manual_seed(0)
         base = GPT(config_from_preset(shape)).to(device)
-        total = args.prompt_len + args.new_tokens
-        if total > base.config.block_size:
-            raise SystemExit(f"prompt {args.prompt_len} + {args.new_tokens} new tokens exceed the context of {base.config.block_size}")
-        models = {impl: build(impl, base, args.hf_attn) for impl in IMPLS if tr is not None or impl != "hf"}
+        n_new = new_tokens_for("minipost", shape, args)
+        if args.prompt_len + n_new > base.config.block_size:
+            raise SystemExit(f"prompt {args.prompt_len} + {n_new} new tokens exceed the context of {base.config.block_size}")
+        rounds = args.rounds
+        impls = [k for k in IMPLS if (tr is not None or k != "hf")
+                 and (k != "minipost-nocache" or shape in args.nocache_shapes.split(","))]
+        models = {impl: build(impl, base, args.hf_attn) for impl in impls}
         models = {k: m for k, m in models.items() if m is not None}
         for B in [int(b) for b in args.batches.split(",")]:
             g = torch.Generator().manual_seed(B)
             # random prompt ids below EOS (the last id): no row starts out "finished"
             prompt = torch.randint(0, base.config.vocab_size - 1, (B, args.prompt_len), generator=g).to(device)
             for dtype in dtypes:
+                if dtype != torch.float32 and shape not in args.bf16_shapes.split(","):
+                    continue
                 dname = benchlib.dtype_name(dtype)
-                runs = {k: make_generate(k, m, prompt, new_tokens_for(k, args), device, dtype) for k, m in models.items()}
+                runs = {k: make_generate(k, m, prompt, new_tokens_for(k, shape, args), device, dtype) for k, m in models.items()}
+                warm = {k: run() for k, run in runs.items()}  # untimed warmup round, its output kept for the check
                 same = None
-                if dtype == torch.float32 and "hf" in runs:  # warmup doubles as the same-function check
-                    ours, theirs = runs["minipost"](), runs["hf"]()
-                    same = bool(torch.equal(ours, theirs))
+                if dtype == torch.float32 and "hf" in runs:  # the same function: the same greedy tokens
+                    same = bool(torch.equal(warm["minipost"], warm["hf"]))
                     print(f"{shape} B={B}: greedy tokens minipost == transformers: {same}")
-                benchlib.alternate(runs, 1, device)  # untimed warmup round
-                times = benchlib.alternate(runs, args.rounds, device)
-                tok_s = {k: B * new_tokens_for(k, args) / benchlib.median(t) for k, t in times.items()}
+                times = benchlib.alternate(runs, rounds, device)
+                tok_s = {k: B * new_tokens_for(k, shape, args) / benchlib.median(t) for k, t in times.items()}
                 for k in runs:
-                    row = {"shape": shape, "batch": B, "dtype": dname, "impl": k, "new_tokens": new_tokens_for(k, args),
+                    row = {"shape": shape, "batch": B, "dtype": dname, "impl": k, "new_tokens": new_tokens_for(k, shape, args), "rounds": rounds,
                            "prompt_len": args.prompt_len, "tok_s": tok_s[k], "run_s": times[k],
                            "vs_hf": tok_s[k] / tok_s["hf"] if "hf" in tok_s else None,
                            "same_tokens_as_hf": same if k == "minipost" else None}
                     if args.memory == "all" or (args.memory == "one" and memory_done == 0):
                         mem = benchlib.measure_in_child("generate_throughput.py", [
                             "--child", "--impl", k, "--shape", shape, "--batch", str(B), "--dtype", dname,
-                            "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens),
+                            "--prompt-len", str(args.prompt_len), "--new-tokens", str(n_new),
                             "--nocache-new-tokens", str(args.nocache_new_tokens), "--hf-attn", args.hf_attn,
                             "--device", str(device)])
                         memory_done += 1
@@ -171,7 +186,7 @@ def main(argv=None):
         del models, base
         gc.collect()
 
-    print(f"\ngreedy decoding, prompt {args.prompt_len} tokens, median of {args.rounds} alternating rounds; "
+    print(f"\ngreedy decoding, prompt {args.prompt_len} tokens, median of alternating rounds; "
           f"vs hf = tokens/s over transformers.generate (attn {args.hf_attn})")
     benchlib.print_table(rows, [("shape", "shape", "s"), ("batch", "B", "d"), ("dtype", "dtype", "s"), ("impl", "impl", "s"),
                                 ("new_tokens", "new", "d"), ("tok_s", "new tok/s", ",.1f"), ("vs_hf", "vs hf", ".2f"),

@@ -47,6 +47,7 @@ def main(argv=None):
     reps = args.reps
     if args.quick:
         sizes, reps = [512, 1024], 3
+    benchlib.set_threads(args.threads)
     device = benchlib.common.pick_device(args.device)
     # bf16 is always measured: the number says whether bf16 autocast is worth it on this machine
     dtypes = [torch.float32, torch.bfloat16]

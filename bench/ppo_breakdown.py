@@ -209,6 +209,7 @@ PHASES = [("generation", "generation"), ("score_policy", "  score: policy log-pr
 
 def main(argv=None):
     args = parse_args(argv)
+    benchlib.set_threads(args.threads)
     device = common.pick_device(args.device)
     if args.child:
         return child(args, device)

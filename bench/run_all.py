@@ -9,8 +9,10 @@ the targets of the issue checked against the numbers, then one table per benchma
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 
 import benchlib
 
@@ -20,6 +22,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="pass --quick to every script")
     p.add_argument("--device", default="", help="passed to every script (empty = autodetect)")
+    p.add_argument("--threads", type=int, default=0, help="passed to every script: torch CPU threads (0 = torch's default)")
     p.add_argument("--only", default="", help="comma-separated script names to run (default: all)")
     p.add_argument("--summary-only", action="store_true", help="do not run anything; summarize the existing JSON")
     p.add_argument("--out", default=str(benchlib.RESULTS_DIR / "summary.md"), help="markdown file to write")
@@ -74,10 +77,16 @@ def summary() -> str:
     if any_result is None:
         raise SystemExit(f"no results in {benchlib.RESULTS_DIR}; run the benchmarks first")
     m = any_result["machine"]
+    loads = ", ".join(f"{r['benchmark']} {r['machine']['load_avg_1m']:.1f} -> {r['machine'].get('load_avg_1m_end', float('nan')):.1f}"
+                      for r in (peak, train, gen, ppo) if r)
+    run = load("run_all")
     parts = ["# minipost benchmarks", "",
              f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), device {m['device']}"
              f"{', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}, transformers {m.get('transformers')}; "
-             f"{m['time']}, 1-minute load {m['load_avg_1m']:.1f}."]
+             f"{m['time']}. 1-minute load average at the start -> end of each script: {loads}"
+             f"{' (above the core count: the machine was shared, distrust absolute numbers)' if any(r and max(r['machine']['load_avg_1m'], r['machine'].get('load_avg_1m_end', 0)) > m['cores'] for r in (peak, train, gen, ppo)) else ''}."]
+    if run:
+        parts += ["", f"`run_all.py{' --quick' if run['quick'] else ''}` took {run['seconds'] / 60:.1f} minutes ({run['started']})."]
     if any(r and r.get("quick") for r in (peak, train, gen, ppo)):
         parts += ["", "**Some results come from `--quick` runs: smaller shapes and counts; the numbers do not mean much.**"]
     parts += ["", "## Targets", "", md_table(targets(train, gen), [("target", "target", "s"), ("where", "where", "s"),
@@ -118,16 +127,22 @@ def summary() -> str:
 def main(argv=None):
     args = parse_args(argv)
     if not args.summary_only:
+        t0, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
         only = [s if s.endswith(".py") else s + ".py" for s in args.only.split(",") if s]
         for script in SCRIPTS:
             if only and script not in only:
                 continue
             cmd = [sys.executable, str(benchlib.BENCH_DIR / script)] + (["--quick"] if args.quick else [])
             cmd += ["--device", args.device] if args.device else []
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             print(f"\n=== {' '.join(cmd[1:])}", flush=True)
             rc = subprocess.run(cmd).returncode
             if rc != 0:
                 print(f"{script} failed with exit code {rc}; continuing")
+        if not args.only:  # the wall time of a complete run
+            benchlib.write_json(benchlib.RESULTS_DIR / "run_all.json", {
+                "benchmark": "run_all", "quick": args.quick, "threads": args.threads, "started": started,
+                "seconds": time.perf_counter() - t0, "load_avg_1m_end": os.getloadavg()[0]})
     text = summary()
     benchlib.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:

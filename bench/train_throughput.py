@@ -11,7 +11,10 @@ Shapes: `tiny` (the CPU preset, B=16, T=128) and the `gpt2` shape (124M, random 
 Dtypes: fp32, plus bf16 autocast where it is fast (CUDA with bf16; CPUs with AMX / AVX512-BF16).
 
 Rounds ALTERNATE (minipost, minipost-fused, hf-eager, hf-sdpa, minipost, ...) and the median round is
-reported, so drift on a shared machine hits every implementation alike.
+reported, so drift on a shared machine hits every implementation alike. Before timing, every optimizer
+allocates its AdamW state (see allocate_optimizer_state). Rounds, steps per round and untimed warmup
+rounds are set per shape (tiny: 1 warmup + 5 rounds x 2 steps; gpt2: 3 rounds x 1 step of 3-7 s on 2 cores,
+no warmup) so that run_all.py finishes in about ten minutes on a 2-core CPU; the flags override them.
 
 Model FLOPs utilization (MFU): FLOPs per token = 6 N + 12 L T d (Kaplan et al. 2020; PaLM appendix B),
 where N counts the parameters of every matmul -- the non-embedding parameters plus the tied lm_head
@@ -20,9 +23,10 @@ and 12 L T d is the attention scores and weighted sum (QK^T and AV, forward x1 +
 discounting the causal half). MFU = FLOPs/token x tokens/s / measured matmul peak (matmul_peak.py) of the
 same dtype.
 
-Peak memory: each configuration runs again in a fresh process (a few steps) and reports its peak RSS
-(VmHWM, i.e. ru_maxrss of this process image) above its footprint after imports, or
-torch.cuda.max_memory_allocated on CUDA.
+Peak memory: each configuration runs again in a fresh process and reports its peak RSS (VmHWM, i.e.
+ru_maxrss of this process image) above its footprint after imports, or torch.cuda.max_memory_allocated on
+CUDA. The child first lets AdamW allocate its state (a step on zero gradients), then runs one real step:
+the peak of a steady-state step (weights, AdamW state, activations, gradients) at half the cost of two.
 
     python bench/train_throughput.py               # full: minutes on a 2-core CPU
     python bench/train_throughput.py --quick       # ~15 s: tiny shape with a small batch, 2 rounds
@@ -42,6 +46,8 @@ from minipost.model import GPT, config_from_preset
 
 # (preset, batch size, sequence length); --quick shrinks the tiny batch and drops the gpt2 shape
 SHAPES = {"tiny": ("tiny", 16, 128), "gpt2": ("gpt2", 4, 256)}
+# (alternating rounds, steps per round, untimed warmup rounds) per shape, unless --rounds / --steps / --warmup
+REPEATS = {"tiny": (5, 2, 1), "gpt2": (3, 1, 0)}
 IMPLS = ["minipost", "minipost-fused", "hf-eager", "hf-sdpa"]
 
 
@@ -51,9 +57,12 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default="tiny,gpt2", help="comma-separated: tiny, gpt2")
     p.add_argument("--dtypes", default="", choices=["", "auto", "fp32", "bf16"],
                    help="auto = fp32 + bf16 autocast where fast; empty = auto, or fp32 with --quick")
-    p.add_argument("--rounds", type=common.positive_int, default=5, help="alternating rounds; the median is reported")
-    p.add_argument("--steps", type=common.positive_int, default=2, help="training steps per implementation per round")
-    p.add_argument("--warmup", type=common.nonneg_int, default=1, help="untimed alternating rounds first (allocator, thread pools)")
+    p.add_argument("--rounds", type=common.nonneg_int, default=0,
+                   help="alternating rounds; the median is reported (0 = per shape: tiny 5, gpt2 3)")
+    p.add_argument("--steps", type=common.nonneg_int, default=0,
+                   help="training steps per implementation per round (0 = per shape: tiny 2, gpt2 1)")
+    p.add_argument("--warmup", type=int, default=-1,
+                   help="untimed alternating rounds first (allocator, thread pools); -1 = per shape: tiny 1, gpt2 0")
     p.add_argument("--memory", default="all", choices=["all", "one", "none"],
                    help="peak memory: every configuration in its own process, only the first (a check), or none")
     # internal: one configuration in a fresh process, for its peak memory
@@ -80,6 +89,22 @@ def shape_of(name: str, quick: bool) -> tuple[str, int, int]:
     return (preset, 4, 64) if quick else (preset, B, T)
 
 
+def repeats(shape: str, args) -> tuple[int, int, int]:
+    """(rounds, steps per round, warmup rounds) for this shape: the flags when given, else REPEATS."""
+    rounds, steps, warmup = REPEATS[shape]
+    return args.rounds or rounds, args.steps or steps, warmup if args.warmup < 0 else args.warmup
+
+
+def allocate_optimizer_state(model, opt):
+    """AdamW allocates its state (two tensors per parameter) in its first step: take one step on zero
+    gradients (it moves nothing but the weight decay), so that the next real step is a steady-state one."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def flops_per_token(model: GPT, T: int) -> int:
     """6 N + 12 L T d, N = non-embedding parameters + the lm_head matmul (tied to wte, V x d)."""
     cfg = model.config
@@ -97,11 +122,11 @@ def build(impl: str, base: GPT):
     return model
 
 
-def make_step(model, x, y, device, dtype):
+def make_step(model, x, y, device, dtype, opt=None):
     """One training step as a closure: zero grads, forward (autocast), cross-entropy, backward, AdamW."""
     is_hf = not isinstance(model, GPT)
     model.train()
-    opt = common.make_optimizer(model, lr=1e-4, weight_decay=0.1)
+    opt = opt or common.make_optimizer(model, lr=1e-4, weight_decay=0.1)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -127,7 +152,7 @@ def batch_for(cfg, B, T, device, seed=0):
 
 
 def child(args, device):
-    """One configuration in this fresh process: warmup + steps, then report the peak memory."""
+    """One configuration in this fresh process: AdamW state, one step, then report the peak memory."""
     base_mem = benchlib.peak_memory_now(device)  # after imports (torch, transformers for hf-*)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -138,11 +163,14 @@ def child(args, device):
     torch.manual_seed(0)
     base = GPT(config_from_preset(preset)).to(device)
     model = build(args.impl, base)
-    del base  # freed before training; the training peak (weights, grads, AdamW state) is far above it
+    del base
     gc.collect()
+    benchlib.reset_peak_memory(device)  # the peak from here on: the model's weights + what the run needs
     x, y = batch_for(model.config, B, T, device)
-    step = make_step(model, x, y, device, dtype)
-    for _ in range(args.warmup + args.steps):
+    opt = common.make_optimizer(model, lr=1e-4, weight_decay=0.1)
+    allocate_optimizer_state(model, opt)
+    step = make_step(model, x, y, device, dtype, opt)
+    for _ in range(args.steps or 1):
         step()
     benchlib.sync(device)
     peak = benchlib.peak_memory_now(device)
@@ -151,6 +179,7 @@ def child(args, device):
 
 def main(argv=None):
     args = parse_args(argv)
+    benchlib.set_threads(args.threads)
     device = common.pick_device(args.device)
     if args.child:
         return child(args, device)
@@ -159,7 +188,7 @@ def main(argv=None):
           f"load {info['load_avg_1m']:.1f}")
     have_hf = benchlib.import_transformers() is not None
     dtypes = benchlib.bench_dtypes(device, args.dtypes)
-    peak_sizes, peak_reps = ([1024], 3) if args.quick else ([2048], 5)
+    peak_sizes, peak_reps = ([1024], 3) if args.quick else ([1024, 2048], 10)  # as matmul_peak.py measures it
     peaks = matmul_peak.peaks(device, dtypes, peak_sizes, peak_reps)
     print("matmul peak: " + ", ".join(f"{d} {r['gflops']:.1f} GFLOP/s" for d, r in peaks.items()))
 
@@ -171,6 +200,7 @@ def main(argv=None):
         base = GPT(config_from_preset(preset)).to(device)
         x, y = batch_for(base.config, B, T, device)
         fpt = flops_per_token(base, T)
+        rounds, n_steps, warmup = repeats(shape, args)
         models = {impl: build(impl, base) for impl in IMPLS if have_hf or not impl.startswith("hf-")}
         models = {k: m for k, m in models.items() if m is not None}
         diffs = {k: max_logit_diff(base.eval(), m.eval(), x) for k, m in models.items() if k.startswith("hf-")}
@@ -178,15 +208,19 @@ def main(argv=None):
             print(f"{shape}: fp32 max |logits minipost - {k}| = {d:.2e} (same function if ~1e-5)")
         for dtype in dtypes:
             dname = benchlib.dtype_name(dtype)
-            steps = {k: make_step(m, x, y, device, dtype) for k, m in models.items()}
-            runners = {k: (lambda s=s: [s() for _ in range(args.steps)]) for k, s in steps.items()}
-            benchlib.alternate(runners, args.warmup, device)  # untimed: allocator, thread pools, kernel choice
-            times = benchlib.alternate(runners, args.rounds, device)
-            tok_s = {k: B * T * args.steps / benchlib.median(t) for k, t in times.items()}
+            opts = {k: common.make_optimizer(m, lr=1e-4, weight_decay=0.1) for k, m in models.items()}
+            for k, m in models.items():
+                allocate_optimizer_state(m, opts[k])
+            steps = {k: make_step(m, x, y, device, dtype, opts[k]) for k, m in models.items()}
+            runners = {k: (lambda s=s: [s() for _ in range(n_steps)]) for k, s in steps.items()}
+            benchlib.alternate(runners, warmup, device)  # untimed: allocator, thread pools, kernel choice
+            times = benchlib.alternate(runners, rounds, device)
+            tok_s = {k: B * T * n_steps / benchlib.median(t) for k, t in times.items()}
             best_hf = max((v for k, v in tok_s.items() if k.startswith("hf-")), default=None)
             for k in models:
                 row = {"shape": shape, "B": B, "T": T, "dtype": dname, "impl": k, "tok_s": tok_s[k],
-                       "ms_step": 1000 * benchlib.median(times[k]) / args.steps, "round_s": times[k],
+                       "rounds": rounds, "steps": n_steps, "warmup": warmup,
+                       "ms_step": 1000 * benchlib.median(times[k]) / n_steps, "round_s": times[k],
                        "params": base.num_params(), "flops_per_token": fpt,
                        "tflops": fpt * tok_s[k] / 1e12, "mfu": fpt * tok_s[k] / (peaks[dname]["gflops"] * 1e9),
                        "vs_hf": tok_s[k] / best_hf if best_hf else None,
@@ -194,7 +228,7 @@ def main(argv=None):
                 if args.memory == "all" or (args.memory == "one" and memory_done == 0):
                     mem = benchlib.measure_in_child("train_throughput.py", [
                         "--child", "--impl", k, "--shape", shape, "--dtype", dname, "--batch", str(B),
-                        "--seq", str(T), "--steps", "1", "--warmup", "1", "--device", str(device)])
+                        "--seq", str(T), "--steps", "1", "--device", str(device)])
                     memory_done += 1
                     print(f"  peak memory {k} {shape} {dname}: {mem}")
                     row["peak_mib"] = mem and mem["delta_mib"]
@@ -202,7 +236,7 @@ def main(argv=None):
         del models, base
         gc.collect()
 
-    print(f"\nmedian of {args.rounds} alternating rounds x {args.steps} steps; vs_hf = tokens/s over the faster "
+    print(f"\nmedian of alternating rounds (rounds, steps, warmup: tiny {repeats('tiny', args)}, gpt2 {repeats('gpt2', args)}); vs_hf = tokens/s over the faster "
           f"transformers implementation; vs_fused = over minipost-fused; MFU against the measured matmul peak")
     benchlib.print_table(rows, [("shape", "shape", "s"), ("dtype", "dtype", "s"), ("impl", "impl", "s"),
                                 ("tok_s", "tok/s", ",.0f"), ("ms_step", "ms/step", ".1f"), ("vs_hf", "vs hf", ".2f"),
