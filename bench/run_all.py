@@ -10,6 +10,7 @@ the targets of the issue checked against the numbers, then one table per benchma
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -27,6 +28,29 @@ def parse_args(argv=None):
     p.add_argument("--summary-only", action="store_true", help="do not run anything; summarize the existing JSON")
     p.add_argument("--out", default=str(benchlib.RESULTS_DIR / "summary.md"), help="markdown file to write")
     return p.parse_args(argv)
+
+
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds every process on this machine has spent busy since boot (Linux /proc/stat), or None."""
+    try:
+        fields = open("/proc/stat").readline().split()[1:]  # user nice system idle iowait irq softirq steal ...
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def others_share(script_run) -> float | None:
+    """Run script_run(); return the share of the machine's CPU time (0..1) that OTHER processes used meanwhile:
+    all busy CPU time minus our children's, over wall time x cores. A contention measure that, unlike the
+    load average, does not lag by a minute."""
+    busy0, own0, t0 = cpu_busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    script_run()
+    busy1, own1, wall = cpu_busy_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t0
+    if busy0 is None:
+        return None
+    own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
+    return max(0.0, (busy1 - busy0 - own) / (wall * os.cpu_count()))
 
 
 def load(name: str) -> dict | None:
@@ -80,6 +104,9 @@ def summary() -> str:
     loads = ", ".join(f"{r['benchmark']} {r['machine']['load_avg_1m']:.1f} -> {r['machine'].get('load_avg_1m_end', float('nan')):.1f}"
                       for r in (peak, train, gen, ppo) if r)
     run = load("run_all")
+    if run and run.get("others_cpu_share"):
+        loads += "; CPU share used by other processes during each script: " + ", ".join(
+            f"{k.removesuffix('.py')} {v:.0%}" for k, v in run["others_cpu_share"].items() if v is not None)
     parts = ["# minipost benchmarks", "",
              f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), device {m['device']}"
              f"{', ' + m['gpu'] if m.get('gpu') else ''}; torch {m['torch']}, transformers {m.get('transformers')}; "
@@ -128,6 +155,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.summary_only:
         t0, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
+        others = {}
         only = [s if s.endswith(".py") else s + ".py" for s in args.only.split(",") if s]
         for script in SCRIPTS:
             if only and script not in only:
@@ -136,13 +164,15 @@ def main(argv=None):
             cmd += ["--device", args.device] if args.device else []
             cmd += ["--threads", str(args.threads)] if args.threads else []
             print(f"\n=== {' '.join(cmd[1:])}", flush=True)
-            rc = subprocess.run(cmd).returncode
-            if rc != 0:
-                print(f"{script} failed with exit code {rc}; continuing")
+            result = {}
+            others[script] = others_share(lambda: result.update(rc=subprocess.run(cmd).returncode))
+            print(f"other processes used {others[script]:.0%} of the CPU during {script}" if others[script] is not None else "")
+            if result["rc"] != 0:
+                print(f"{script} failed with exit code {result['rc']}; continuing")
         if not args.only:  # the wall time of a complete run
             benchlib.write_json(benchlib.RESULTS_DIR / "run_all.json", {
                 "benchmark": "run_all", "quick": args.quick, "threads": args.threads, "started": started,
-                "seconds": time.perf_counter() - t0, "load_avg_1m_end": os.getloadavg()[0]})
+                "seconds": time.perf_counter() - t0, "load_avg_1m_end": os.getloadavg()[0], "others_cpu_share": others})
     text = summary()
     benchlib.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
