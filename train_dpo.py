@@ -259,13 +259,14 @@ def main(argv=None):
         from minipost.world import build_world
 
         world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-        refs = {"sft": ref}
+        refs, dirs = {"sft": ref}, {"sft": args.init}
         if args.base:
             base, _, _ = common.load_model(args.base, device)
-            refs["base"] = common.frozen(base)
-        # the references' answers once, reused by every evaluation below (the sweep's too)
-        ref_results = {name: evaluate.evaluate_model(m, tok, world, device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit)
-                       for name, m in refs.items()}
+            refs["base"], dirs["base"] = common.frozen(base), args.base
+        # the references' answers once (stored by their own stages when they match), reused by every
+        # evaluation below (the sweep's too)
+        ref_results = {name: evaluate.evaluate_reference(m, dirs[name], tok, world, device=device, dtype=dtype,
+                                                         seed=args.seed, limit=args.eval_limit) for name, m in refs.items()}
         result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, ref_results=ref_results,
                                          seed=args.seed, limit=args.eval_limit)
         evaluate.print_samples(result, n=2, title="DPO model, held-out prompts (greedy)")

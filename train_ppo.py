@@ -400,11 +400,15 @@ def main(argv=None):
         from minipost.world import build_world
 
         world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-        refs = {"sft": ref}
+        refs, dirs = {"sft": ref}, {"sft": args.init}
         if args.base:
             base, _, _ = common.load_model(args.base, device)
-            refs["base"] = common.frozen(base)
-        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, seed=args.seed, limit=args.eval_limit)
+            refs["base"], dirs["base"] = common.frozen(base), args.base
+        # the references' answers: stored by their own stages when they match, generated otherwise
+        ref_results = {name: evaluate.evaluate_reference(m, dirs[name], tok, world, device=device, dtype=dtype,
+                                                         seed=args.seed, limit=args.eval_limit) for name, m in refs.items()}
+        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, ref_results=ref_results,
+                                         seed=args.seed, limit=args.eval_limit)
         evaluate.print_samples(result, n=2, title="PPO model, held-out prompts (greedy)")
         evaluate.print_metrics(result["metrics"], "PPO evaluation")
         evaluate.write_eval(args.out, result)

@@ -196,7 +196,8 @@ def main(argv=None):
     base, _, _ = common.load_model(args.base or args.init, device)
     common.frozen(base)
     model.eval()
-    base_result = evaluate.evaluate_model(base, tok, world, device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit)
+    base_result = evaluate.evaluate_reference(base, args.base or args.init, tok, world, device=device, dtype=dtype,
+                                              seed=args.seed, limit=args.eval_limit)
     result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, refs={"base": base},
                                      ref_results={"base": base_result}, seed=args.seed, limit=args.eval_limit)
     print("--- the same held-out prompts, base model vs SFT model (greedy)")

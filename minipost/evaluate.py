@@ -30,6 +30,7 @@ With reference models:
                              (an unbiased Monte Carlo estimate).
 """
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -189,17 +190,60 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
         metrics[f"kl_to_{name}"] = sequence_kl(model, ref, tok, instructions, rounds, device=device, dtype=dtype)
         for s, t in zip(samples, theirs):
             s[f"{name}_response"] = t["response"]
-    return {"metrics": metrics, "samples": samples}
+    settings = eval_settings(model, seed=seed, n_samples=n_samples, limit=limit)
+    return {"metrics": metrics, "samples": samples, "settings": settings}
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes, bytes): which weights an evaluation describes."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def eval_settings(model, *, seed: int, n_samples: int, limit: int) -> dict:
+    """Everything that decides evaluate_model's answers (besides the world): stored beside them."""
+    return {"seed": seed, "n_samples": n_samples, "limit": limit, "max_new_tokens": MAX_NEW_TOKENS,
+            "weights_sha256": weights_fingerprint(model)}
 
 
 def write_eval(out_dir, result: dict):
-    """checkpoints/<stage>/eval.json (metrics) and samples.jsonl (every prompt, response and score)."""
+    """checkpoints/<stage>/eval.json (metrics, and the settings under "eval_settings") and samples.jsonl
+    (every prompt, response and score)."""
     out = Path(out_dir)
     from minipost.checkpoint import atomic_write_json, atomic_write_bytes
 
-    atomic_write_json(out / "eval.json", result["metrics"])
+    atomic_write_json(out / "eval.json", {**result["metrics"], "eval_settings": result["settings"]})
     lines = "".join(json.dumps(s) + "\n" for s in result["samples"])
     atomic_write_bytes(out / "samples.jsonl", lines.encode())
+
+
+def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0) -> dict | None:
+    """The evaluation that `model`'s own stage wrote into ckpt_dir, if it was made of these very weights
+    with these settings (else None): a later stage's reference answers without generating them again."""
+    try:
+        metrics = json.loads((Path(ckpt_dir) / "eval.json").read_text())
+        samples = [json.loads(line) for line in (Path(ckpt_dir) / "samples.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    settings = metrics.pop("eval_settings", None)
+    if settings != eval_settings(model, seed=seed, n_samples=n_samples, limit=limit):
+        return None
+    return {"metrics": metrics, "samples": samples, "settings": settings}
+
+
+def evaluate_reference(model, ckpt_dir, tok: Tokenizer, world, *, device, dtype=torch.float32, seed: int = 0,
+                       n_samples: int = 2, limit: int = 0) -> dict:
+    """A reference model's answers for win rates: those its stage stored in ckpt_dir when they describe the
+    same weights and settings (load_eval), else evaluate_model again. Same numbers, no second generation."""
+    stored = load_eval(ckpt_dir, model, seed=seed, n_samples=n_samples, limit=limit) if ckpt_dir else None
+    if stored is not None:
+        print(f"evaluation: reusing the answers stored in {ckpt_dir} (same weights and settings)")
+        return stored
+    return evaluate_model(model, tok, world, device=device, dtype=dtype, seed=seed, n_samples=n_samples, limit=limit)
 
 
 def print_samples(result: dict, n: int = 2, title: str = "", kinds=("fact", "skill", "harmful", "benign", "open")):

@@ -67,6 +67,32 @@ def test_evaluate_model_metrics_and_samples(tiny_models):
     assert m["gold_score"] == pytest.approx(sum(s["score"] for s in samples) / 10)
 
 
+def test_stored_evaluation_reused_only_for_the_same_weights_and_settings(tiny_models, tmp_path):
+    a, b = tiny_models
+    tok, world = Tokenizer(4096), build_world(seed=0, n_docs=1)
+    result = evaluate.evaluate_model(a, tok, world, device="cpu", seed=3, limit=6)
+    evaluate.write_eval(tmp_path, result)
+    assert json.loads((tmp_path / "eval.json").read_text())["eval_settings"]["seed"] == 3
+    stored = evaluate.load_eval(tmp_path, a, seed=3, limit=6)
+    assert stored["metrics"] == result["metrics"] and stored["samples"] == result["samples"]
+    # a win rate computed from the stored answers equals the one from fresh answers
+    fresh = evaluate.evaluate_model(b, tok, world, device="cpu", seed=3, limit=6, refs={"ref": a})
+    reused = evaluate.evaluate_model(b, tok, world, device="cpu", seed=3, limit=6, refs={"ref": a},
+                                     ref_results={"ref": evaluate.evaluate_reference(a, tmp_path, tok, world, device="cpu", seed=3, limit=6)})
+    assert fresh["metrics"] == reused["metrics"]
+    # other settings, other weights (one number changed), or no stored files: not reused
+    assert evaluate.load_eval(tmp_path, a, seed=4, limit=6) is None
+    assert evaluate.load_eval(tmp_path, a, seed=3, limit=7) is None
+    assert evaluate.load_eval(tmp_path, a, seed=3, limit=6, n_samples=1) is None
+    assert evaluate.load_eval(tmp_path, b, seed=3, limit=6) is None
+    changed = GPT(GPTConfig(**TINY)).eval()
+    changed.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        changed.lm_head.weight[0, 0] += 1e-3
+    assert evaluate.load_eval(tmp_path, changed, seed=3, limit=6) is None
+    assert evaluate.load_eval(tmp_path / "missing", a, seed=3, limit=6) is None
+
+
 # ----------------------------------------------------------------------------- report.py on synthetic outputs
 
 def _write(path: Path, obj):
