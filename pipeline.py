@@ -39,7 +39,8 @@ def stages(ck: str, micro: bool):
         ("sft", "train_sft.py", ["--init", c("base")] + sft, c("sft")),
         ("rm", "train_rm.py", ["--init", c("sft")] + rm, c("rm")),
         ("ppo", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base")] + ppo, c("ppo")),
-        ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--kl-coef", "0", "--skip-eval"]
+        # no KL penalty: the reward-hacking demo, and a second PPO point (beta 0) on the frontier
+        ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--kl-coef", "0"]
          + (ppo or ["--iterations", "15"]), c("ppo-nokl")),
         ("dpo", "train_dpo.py", ["--init", c("sft"), "--base", c("base")] + dpo, c("dpo")),
         ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),

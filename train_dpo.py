@@ -121,11 +121,11 @@ def preference_loss(h, kind: str, beta: float, label_smoothing: float = 0.0) -> 
 
 
 def pair_logps(model, pairs, eos_id, device, dtype):
-    """Summed response log-probs (fp32) of chosen and rejected: ((B,), (B,)). One forward of 2B rows."""
+    """Summed response log-probs (fp32) of chosen and rejected: ((B,), (B,)). The 2B sequences are run in
+    length-sorted groups (less padding), the results put back in order."""
     seqs = [(c, n) for c, _, n, _ in pairs] + [(r, n) for _, r, n, _ in pairs]
-    batch = {k: v.to(device) for k, v in data.collate(seqs, eos_id).items()}
     with common.autocast(device, dtype):
-        logps = common.response_logprobs(model, batch)  # (2B,)
+        logps = common.per_sequence(lambda batch: common.response_logprobs(model, batch), seqs, eos_id, device)  # (2B,)
     return logps[: len(pairs)], logps[len(pairs) :]
 
 

@@ -74,19 +74,13 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin:
     return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
 
 
-def pair_batch(pairs: list[tuple], eos_id: int, device) -> tuple[dict, torch.Tensor]:
-    """Chosen and rejected of B pairs collated into ONE right-padded batch of 2B rows (chosen first)."""
-    seqs = [(c, n) for c, _, n, _ in pairs] + [(r, n) for _, r, n, _ in pairs]
-    batch = {k: v.to(device) for k, v in data.collate(seqs, eos_id).items()}
-    margin = torch.tensor([m or 0.0 for *_, m in pairs], dtype=torch.float32, device=device)
-    return batch, margin
-
-
 def score_pairs(rm, pairs, eos_id, device, dtype):
-    """(r_chosen (B,), r_rejected (B,), margin (B,))."""
-    batch, margin = pair_batch(pairs, eos_id, device)
+    """(r_chosen (B,), r_rejected (B,), margin (B,)). The 2B sequences (chosen first) are scored in
+    length-sorted right-padded groups (less padding), the rewards put back in order."""
+    seqs = [(c, n) for c, _, n, _ in pairs] + [(r, n) for _, r, n, _ in pairs]
+    margin = torch.tensor([m or 0.0 for *_, m in pairs], dtype=torch.float32, device=device)
     with common.autocast(device, dtype):
-        r = rm.score(batch["input_ids"], batch["attention_mask"])  # (2B,)
+        r = common.per_sequence(lambda b: rm.score(b["input_ids"], b["attention_mask"]), seqs, eos_id, device)  # (2B,)
     B = len(pairs)
     return r[:B].float(), r[B:].float(), margin
 

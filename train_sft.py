@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default="world", help="world | alpaca | dolly | PATH (.json / .jsonl / .jsonl.gz)")
     p.add_argument("--steps", type=common.positive_int, default=60, help="optimizer steps (short and gentle: longer SFT erodes pre-trained knowledge)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="examples per optimizer step")
-    p.add_argument("--micro-batch-size", type=int, default=-1, help="examples per forward pass; -1 = --batch-size (no accumulation)")
+    p.add_argument("--micro-batch-size", type=int, default=16,
+                   help="examples per forward pass, grouped by length (less padding, same gradient); -1 = --batch-size")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per example; -1 = the model's context")
     p.add_argument("--max-prompt-tokens", type=int, default=-1, help="prompt budget before left truncation; -1 = half the block")
     p.add_argument("--lr", type=common.positive_float, default=2e-4, help="peak learning rate")
@@ -154,10 +155,10 @@ def main(argv=None):
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
         picks = torch.randint(0, len(train_seqs), (args.batch_size,), generator=gen).tolist()
-        micro = [
-            {k: v.to(device) for k, v in data.collate([train_seqs[i] for i in picks[j : j + args.micro_batch_size]], tok.eos_id).items()}
-            for j in range(0, args.batch_size, args.micro_batch_size)
-        ]
+        # micro-batches of similar lengths: the gradient is that of the whole batch (sft_loss divides by the
+        # step's token count), but a short answer no longer pays for the padding of the longest poem
+        groups = data.length_groups([len(train_seqs[i][0]) for i in picks], args.micro_batch_size)
+        micro = [{k: v.to(device) for k, v in data.collate([train_seqs[picks[j]] for j in g], tok.eos_id).items()} for g in groups]
         n_targets = sum(count_targets(b) for b in micro)  # response tokens in the whole step
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0

@@ -103,10 +103,13 @@ def plot_win_rates(rates: dict, path: Path):
     plt.close(fig)
 
 
-def plot_frontier(ppo_points: list[dict], dpo_points: list[dict], path: Path):
-    """Gold score against KL to SFT: each point one model (PPO at a beta / iteration, DPO at a beta)."""
+def plot_frontier(ppo_points: list[dict], dpo_points: list[dict], path: Path, sft_gold: float | None = None):
+    """Gold score against KL to SFT: each point one model (PPO at a beta / iteration, DPO at a beta); the SFT
+    model itself, where every run starts, at KL 0."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
+    if sft_gold is not None:
+        ax.scatter([0.0], [sft_gold], label="SFT (start)", marker="*", s=90, color="gray")
     for pts, label, marker in ((ppo_points, "PPO", "o"), (dpo_points, "DPO", "s")):
         if pts:
             ax.scatter([p["kl"] for p in pts], [p["gold"] for p in pts], label=label, marker=marker, alpha=0.8)
@@ -244,8 +247,11 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
         dpo_points.append({"kl": evals["dpo"]["kl_to_sft"], "gold": _sampled_gold(evals["dpo"]), "label": label})
     lines += ["## 3. Reward vs KL: PPO and DPO at several beta", ""]
     if ppo_points or dpo_points:
-        plot_frontier(ppo_points, dpo_points, d / "frontier.png")
+        sft_gold = _sampled_gold(evals["sft"]) if evals.get("sft") else None
+        plot_frontier(ppo_points, dpo_points, d / "frontier.png", sft_gold)
         lines += ["![frontier](frontier.png)", "", "| method | beta | KL to SFT | gold score (samples) |", "|---|---|---|---|"]
+        if sft_gold is not None:
+            lines.append(f"| SFT (where both start) | – | 0 | {sft_gold:.3f} |")
         lines += [f"| {m} | {p['label']} | {p['kl']:.2f} | {p['gold']:.3f} |" for m, pts in (("PPO", ppo_points), ("DPO", dpo_points)) for p in pts]
         lines.append("")
     else:
