@@ -233,7 +233,7 @@ def main(argv=None):
 
         t0 = time.time()
         extra, extra_stats = evaluate.policy_pairs(ref, tok, args.policy_pairs, label_noise=args.label_noise,
-                                                   seed=args.seed, device=device, dtype=dtype)
+                                                   seed=args.seed, device=device, dtype=dtype, cache_dir=args.init)
         pairs, read_stats = pairs + extra, {**read_stats, **extra_stats}
         print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")
     train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)

@@ -139,7 +139,7 @@ def main(argv=None):
         policy, _, _ = common.load_model(args.policy or args.init, device)
         t0 = time.time()
         extra, extra_stats = evaluate.policy_pairs(common.frozen(policy), tok, args.policy_pairs, label_noise=args.label_noise,
-                                                   seed=args.seed, device=device, dtype=dtype)
+                                                   seed=args.seed, device=device, dtype=dtype, cache_dir=args.policy or args.init)
         pairs = pairs + extra
         read_stats = {**read_stats, **extra_stats}
         print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")

@@ -261,7 +261,7 @@ def print_metrics(metrics: dict, title: str = ""):
 
 
 def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label_noise: float, seed: int, device,
-                 dtype=torch.float32) -> tuple[list[dict], dict]:
+                 dtype=torch.float32, cache_dir=None) -> tuple[list[dict], dict]:
     """Preference pairs on the policy's OWN samples, labelled by the gold judge -- how InstructGPT collected
     its comparisons (labellers ranked samples of the SFT model), with the judge as the labeller.
 
@@ -270,6 +270,9 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
     the first n of the world's RL training prompts. Returns (pairs with templated prompts, stats).
     Training on the policy's own distribution is what makes the reward model accurate where PPO will
     query it, and DPO's implicit reward accurate where its policy starts.
+    cache_dir: the policy's checkpoint directory. The pairs are stored there (policy_pairs.json) with what
+    made them -- the policy's weights (sha256), prompts, seed, noise -- and reused when all of it matches:
+    train_rm.py and train_dpo.py ask for the same pairs, and the second gets them without sampling.
     """
     import random
 
@@ -278,6 +281,18 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
 
     if isinstance(instructions, int):
         instructions = [strip_template(r["prompt"]) for r in load_prompts("world")[0]][:instructions]
+
+    settings = {"prompts_sha256": hashlib.sha256("\n".join(instructions).encode()).hexdigest(), "seed": seed,
+                "label_noise": label_noise, "max_new_tokens": MAX_NEW_TOKENS, "weights_sha256": weights_fingerprint(policy)}
+    cache = Path(cache_dir) / "policy_pairs.json" if cache_dir and Path(cache_dir).is_dir() else None
+    if cache is not None and cache.is_file():
+        try:
+            stored = json.loads(cache.read_text())
+            if stored.get("settings") == settings:
+                print(f"policy pairs: reusing {cache} (same weights, prompts, seed and noise)")
+                return stored["pairs"], stored["stats"]
+        except (ValueError, KeyError, AttributeError):
+            pass  # unreadable: sample again and overwrite it
 
     gen = torch.Generator().manual_seed(seed)
     a, _, _ = generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
@@ -294,7 +309,15 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
             chosen, rejected = rejected, chosen
             flipped += 1
         pairs.append({"prompt": chat_prompt(x), "chosen": chosen, "rejected": rejected})
-    return pairs, {"policy_pairs": len(pairs), "policy_ties_skipped": ties, "policy_labels_flipped": flipped}
+    stats = {"policy_pairs": len(pairs), "policy_ties_skipped": ties, "policy_labels_flipped": flipped}
+    if cache is not None:
+        from minipost.checkpoint import atomic_write_json
+
+        try:
+            atomic_write_json(cache, {"settings": settings, "pairs": pairs, "stats": stats})
+        except OSError as e:  # a read-only checkpoint directory: no cache, nothing else changes
+            print(f"policy pairs: not cached ({e})")
+    return pairs, stats
 
 
 @torch.no_grad()

@@ -93,6 +93,26 @@ def test_stored_evaluation_reused_only_for_the_same_weights_and_settings(tiny_mo
     assert evaluate.load_eval(tmp_path / "missing", a, seed=3, limit=6) is None
 
 
+def test_policy_pairs_cached_beside_the_policy(tiny_models, tmp_path, monkeypatch):
+    a, b = tiny_models
+    tok, world = Tokenizer(4096), build_world(seed=0, n_docs=1)
+    prompts = [p["prompt"] for p in world.eval_prompts[::20]]
+    first = evaluate.policy_pairs(a, tok, prompts, label_noise=0.1, seed=1, device="cpu", cache_dir=tmp_path)
+    assert (tmp_path / "policy_pairs.json").is_file()
+    assert first == evaluate.policy_pairs(a, tok, prompts, label_noise=0.1, seed=1, device="cpu")  # same as uncached
+
+    def no_sampling(*args, **kw):
+        raise AssertionError("sampled although the cache matches")
+
+    monkeypatch.setattr(evaluate, "generate_responses", no_sampling)
+    assert evaluate.policy_pairs(a, tok, prompts, label_noise=0.1, seed=1, device="cpu", cache_dir=tmp_path) == first
+    # another seed, noise, prompt list or policy: sampled again
+    for kw in (dict(seed=2), dict(label_noise=0.2), dict(instructions=prompts[:5]), dict(policy=b)):
+        args = dict(policy=a, instructions=prompts, label_noise=0.1, seed=1) | kw
+        with pytest.raises(AssertionError, match="sampled although"):
+            evaluate.policy_pairs(args.pop("policy"), tok, args.pop("instructions"), device="cpu", cache_dir=tmp_path, **args)
+
+
 # ----------------------------------------------------------------------------- report.py on synthetic outputs
 
 def _write(path: Path, obj):
