@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--rm", default="checkpoints/rm", help="reward model checkpoint (frozen); the value model starts from it")
     p.add_argument("--base", default="checkpoints/base", help="base checkpoint for win_rate_vs_base (empty = skip)")
     p.add_argument("--prompts", default="world", help="world | hh-rlhf | PATH (.jsonl with a prompt field)")
-    p.add_argument("--iterations", type=common.positive_int, default=30, help="rollout + optimization rounds")
+    p.add_argument("--iterations", type=common.positive_int, default=25, help="rollout + optimization rounds")
     p.add_argument("--batch-size", type=common.positive_int, default=64, help="prompts (rollouts) per iteration")
     p.add_argument("--minibatch-size", type=common.positive_int, default=16, help="rollouts per PPO gradient step")
     p.add_argument("--ppo-epochs", type=common.positive_int, default=4, help="passes over each rollout batch")
