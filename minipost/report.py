@@ -126,6 +126,22 @@ def plot_frontier(ppo_points: list[dict], dpo_points: list[dict], path: Path, sf
     plt.close(fig)
 
 
+def _pretraining_comparison(d: Path, evals: dict) -> list[str]:
+    """How much pre-training each base got: InstructGPT's larger model was the better-trained one; on a
+    laptop budget the larger base here may be the worse-trained one, and the reader must know which."""
+    rows = []
+    for stage, knows in (("base", "base"), ("base-4x", "sft-4x")):
+        log = [r for r in _read_jsonl(d / stage / "log.jsonl") if r.get("val_loss") is not None]
+        know = (evals.get(knows) or {}).get("knowledge_rank_accuracy")
+        if log:
+            rows.append(f"{stage} {log[-1]['step'] + 1} steps, held-out LM loss {log[-1]['val_loss']:.3f}"
+                        + (f", knows {100 * know:.0f}% of held-out facts" if know is not None else ""))
+    if len(rows) < 2:
+        return []
+    return ["", "Pre-training: " + "; ".join(rows) + ". The comparison holds only for these budgets: a larger base "
+            "that saw less pre-training is not InstructGPT's setting, where the larger model was also the better one."]
+
+
 def _running_mean(xs: list, w: int = 5) -> list:
     """Mean of the last w values at each position (fewer at the start)."""
     return [sum(xs[max(0, i - w + 1) : i + 1]) / len(xs[max(0, i - w + 1) : i + 1]) for i in range(len(xs))]
@@ -223,6 +239,7 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
             verdict = "beats" if max(small) > big else "does not beat"
             lines += ["", f"The best small aligned model ({100 * max(small):.1f}%) {verdict} the SFT-only model "
                           f"with a 4x larger base ({100 * big:.1f}%)."]
+            lines += _pretraining_comparison(d, evals)
         lines.append("")
     else:
         lines += ["(missing: no samples yet)", ""]
