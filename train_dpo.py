@@ -174,9 +174,17 @@ def train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, 
         h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (B,)
         loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
         if step == 0:
-            # the policy is the reference: h = 0, so the sigmoid loss is ln 2 (pitfall 6 of REFERENCE.md)
-            print(f"check: step-0 |h| max {h.abs().max().item():.2e}; loss {loss.item():.6f}"
-                  + (f" (ln 2 = {math.log(2):.6f})" if args.loss == "sigmoid" else ""))
+            # The policy is the reference: h = 0, so the sigmoid loss is ln 2 (pitfall 6 of REFERENCE.md).
+            # Checked against the reference on this very batch; the precomputed values came from batches of
+            # other shapes, which bf16 matmuls round differently (printed: typically 1e-5 to 1e-4 nats).
+            with torch.no_grad():
+                same_c, same_r = pair_logps(ref, pairs, tok.eos_id, device, dtype)
+                h0 = dpo_logits(pol_c.detach(), pol_r.detach(), same_c, same_r)
+                loss0 = preference_loss(h0, args.loss, beta, args.label_smoothing).mean()
+                cached = torch.cat([ref_c - same_c, ref_r - same_r]).abs().max().item()
+            print(f"check: step-0 |h| max {h0.abs().max().item():.2e}; loss {loss0.item():.6f}"
+                  + (f" (ln 2 = {math.log(2):.6f})" if args.loss == "sigmoid" else "")
+                  + f"; reference log-probs used for training within {cached:.1e} of these")
         common.check_finite(loss, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

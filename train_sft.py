@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=common.positive_int, default=60, help="optimizer steps (short and gentle: longer SFT erodes pre-trained knowledge)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="examples per optimizer step")
     p.add_argument("--micro-batch-size", type=int, default=16,
-                   help="examples per forward pass, grouped by length (less padding, same gradient); -1 = --batch-size")
+                   help="at most this many examples per forward pass, grouped by length (less padding, same gradient); -1 = --batch-size")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per example; -1 = the model's context")
     p.add_argument("--max-prompt-tokens", type=int, default=-1, help="prompt budget before left truncation; -1 = half the block")
     p.add_argument("--lr", type=common.positive_float, default=2e-4, help="peak learning rate")
@@ -63,8 +63,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.micro_batch_size == -1:
         args.micro_batch_size = args.batch_size
-    if args.micro_batch_size <= 0 or args.batch_size % args.micro_batch_size:
-        p.error(f"--micro-batch-size {args.micro_batch_size} must be positive and divide --batch-size {args.batch_size}")
+    if args.micro_batch_size <= 0:
+        p.error(f"--micro-batch-size {args.micro_batch_size} must be positive (or -1 = --batch-size)")
+    args.micro_batch_size = min(args.micro_batch_size, args.batch_size)  # groups of at most this many; any batch size works
     return args
 
 
