@@ -85,9 +85,20 @@ def add_bench_args(p, name: str):
     """The flags every benchmark has."""
     p.add_argument("--quick", action="store_true", help="tiny iteration counts and shapes: checks that the script runs (numbers meaningless)")
     p.add_argument("--device", default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
-    p.add_argument("--out", default=str(RESULTS_DIR / f"{name}.json"), help="JSON file to write")
+    p.add_argument("--out", default="", help=f"JSON file to write; default {RESULTS_DIR.name}/{name}.json "
+                   f"({RESULTS_DIR.name}/quick/{name}.json with --quick, so a check never overwrites real results)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (intra-op), the same for every implementation; 0 = torch's default")
+
+
+def results_dir(quick: bool) -> Path:
+    """bench/results/ for real runs; bench/results/quick/ for --quick checks (numbers meaningless, not committed)."""
+    return RESULTS_DIR / "quick" if quick else RESULTS_DIR
+
+
+def out_path(args, name: str) -> Path:
+    """Where a benchmark writes its JSON: --out, or NAME.json in results_dir(--quick)."""
+    return Path(args.out) if args.out else results_dir(args.quick) / f"{name}.json"
 
 
 def set_threads(n: int):

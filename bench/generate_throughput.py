@@ -191,7 +191,7 @@ def main(argv=None):
     benchlib.print_table(rows, [("shape", "shape", "s"), ("batch", "B", "d"), ("dtype", "dtype", "s"), ("impl", "impl", "s"),
                                 ("new_tokens", "new", "d"), ("tok_s", "new tok/s", ",.1f"), ("vs_hf", "vs hf", ".2f"),
                                 ("peak_mib", "peak MiB", ",.0f")])
-    benchlib.write_json(args.out, {"benchmark": "generate_throughput", "quick": args.quick, "machine": info,
+    benchlib.write_json(benchlib.out_path(args, "generate_throughput"), {"benchmark": "generate_throughput", "quick": args.quick, "machine": info,
                                    "args": {k: v for k, v in vars(args).items() if k not in ("child", "impl", "shape", "batch", "dtype")},
                                    "rows": rows})
     return rows

@@ -57,7 +57,7 @@ def main(argv=None):
     rows = [{"dtype": d, **{f"n{n}": g for n, g in r["by_size"].items()}, "best": r["gflops"]} for d, r in res.items()]
     benchlib.print_table(rows, [("dtype", "dtype", "s")] + [(f"n{n}", f"n={n} GFLOP/s", ".1f") for n in sizes]
                          + [("best", "best GFLOP/s", ".1f")])
-    benchlib.write_json(args.out, {"benchmark": "matmul_peak", "quick": args.quick, "machine": info,
+    benchlib.write_json(benchlib.out_path(args, "matmul_peak"), {"benchmark": "matmul_peak", "quick": args.quick, "machine": info,
                                    "sizes": sizes, "reps": reps, "peak": res})
     return res
 

@@ -245,7 +245,7 @@ def main(argv=None):
     for dname, res in results.items():
         print(f"{dname}: peak memory {res['delta_mib']:,.0f} MiB above the post-import footprint; "
               f"{res['phases']['response_tokens']:.0f} response tokens per iteration")
-    benchlib.write_json(args.out, {"benchmark": "ppo_breakdown", "quick": args.quick, "machine": info,
+    benchlib.write_json(benchlib.out_path(args, "ppo_breakdown"), {"benchmark": "ppo_breakdown", "quick": args.quick, "machine": info,
                                    "train_ppo_dtype": benchlib.dtype_name(auto_dtype), "preset": args.preset,
                                    "fused_attn": args.fused_attn, "results": results, "rows": rows})
     return results

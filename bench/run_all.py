@@ -3,7 +3,7 @@ Run every benchmark (each in its own process, one after the other) and write ben
 the targets of the issue checked against the numbers, then one table per benchmark.
 
     python bench/run_all.py                  # full: tens of minutes on a 2-core CPU; run on a quiet machine
-    python bench/run_all.py --quick          # every script with --quick (numbers meaningless)
+    python bench/run_all.py --quick          # every script with --quick (numbers meaningless; in bench/results/quick/)
     python bench/run_all.py --summary-only   # rebuild summary.md from the JSON files already in bench/results/
 """
 
@@ -14,6 +14,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import benchlib
 
@@ -26,7 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="passed to every script: torch CPU threads (0 = torch's default)")
     p.add_argument("--only", default="", help="comma-separated script names to run (default: all)")
     p.add_argument("--summary-only", action="store_true", help="do not run anything; summarize the existing JSON")
-    p.add_argument("--out", default=str(benchlib.RESULTS_DIR / "summary.md"), help="markdown file to write")
+    p.add_argument("--out", default="", help="markdown file to write; default bench/results/summary.md "
+                   "(bench/results/quick/summary.md with --quick)")
     return p.parse_args(argv)
 
 
@@ -53,8 +55,8 @@ def others_share(script_run) -> float | None:
     return max(0.0, (busy1 - busy0 - own) / (wall * os.cpu_count()))
 
 
-def load(name: str) -> dict | None:
-    path = benchlib.RESULTS_DIR / f"{name}.json"
+def load(name: str, quick: bool = False) -> dict | None:
+    path = benchlib.results_dir(quick) / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -95,15 +97,15 @@ def targets(train: dict | None, gen: dict | None) -> list[dict]:
     return out
 
 
-def summary() -> str:
-    peak, train, gen, ppo = (load(n) for n in ("matmul_peak", "train_throughput", "generate_throughput", "ppo_breakdown"))
+def summary(quick: bool = False) -> str:
+    peak, train, gen, ppo = (load(n, quick) for n in ("matmul_peak", "train_throughput", "generate_throughput", "ppo_breakdown"))
     any_result = next((r for r in (peak, train, gen, ppo) if r), None)
     if any_result is None:
-        raise SystemExit(f"no results in {benchlib.RESULTS_DIR}; run the benchmarks first")
+        raise SystemExit(f"no results in {benchlib.results_dir(quick)}; run the benchmarks first")
     m = any_result["machine"]
     loads = ", ".join(f"{r['benchmark']} {r['machine']['load_avg_1m']:.1f} -> {r['machine'].get('load_avg_1m_end', float('nan')):.1f}"
                       for r in (peak, train, gen, ppo) if r)
-    run = load("run_all")
+    run = load("run_all", quick)
     if run and run.get("others_cpu_share"):
         loads += "; CPU share used by other processes during each script: " + ", ".join(
             f"{k.removesuffix('.py')} {v:.0%}" for k, v in run["others_cpu_share"].items() if v is not None)
@@ -170,14 +172,15 @@ def main(argv=None):
             if result["rc"] != 0:
                 print(f"{script} failed with exit code {result['rc']}; continuing")
         if not args.only:  # the wall time of a complete run
-            benchlib.write_json(benchlib.RESULTS_DIR / "run_all.json", {
+            benchlib.write_json(benchlib.results_dir(args.quick) / "run_all.json", {
                 "benchmark": "run_all", "quick": args.quick, "threads": args.threads, "started": started,
                 "seconds": time.perf_counter() - t0, "load_avg_1m_end": os.getloadavg()[0], "others_cpu_share": others})
-    text = summary()
-    benchlib.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as f:
+    text = summary(args.quick)
+    out = Path(args.out) if args.out else benchlib.results_dir(args.quick) / "summary.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
         f.write(text)
-    print(f"\n{text}\nwrote {args.out}")
+    print(f"\n{text}\nwrote {out}")
 
 
 if __name__ == "__main__":

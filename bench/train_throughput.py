@@ -241,7 +241,7 @@ def main(argv=None):
     benchlib.print_table(rows, [("shape", "shape", "s"), ("dtype", "dtype", "s"), ("impl", "impl", "s"),
                                 ("tok_s", "tok/s", ",.0f"), ("ms_step", "ms/step", ".1f"), ("vs_hf", "vs hf", ".2f"),
                                 ("vs_fused", "vs fused", ".2f"), ("mfu", "MFU", ".1%"), ("peak_mib", "peak MiB", ",.0f")])
-    benchlib.write_json(args.out, {"benchmark": "train_throughput", "quick": args.quick, "machine": info,
+    benchlib.write_json(benchlib.out_path(args, "train_throughput"), {"benchmark": "train_throughput", "quick": args.quick, "machine": info,
                                    "args": {k: v for k, v in vars(args).items() if k not in ("child", "impl", "shape", "dtype", "batch", "seq")},
                                    "matmul_peak": peaks, "rows": rows})
     return rows
