@@ -119,12 +119,12 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     dtype, why = common.pick_dtype(device, args.dtype)
+    common.seed_everything(args.seed)  # before the model: its scalar head starts from random weights
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         rm, tok, init_config = common.load_model(args.init, device, kind="scalar")
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
-    common.seed_everything(args.seed)
     block_size = rm.config.block_size if args.block_size <= 0 else min(args.block_size, rm.config.block_size)
     common.print_config("train_rm", args, {"device": device, "dtype": why, "block_size": block_size})
 

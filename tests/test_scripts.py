@@ -118,6 +118,16 @@ def test_sft_resume_is_bitwise(micro, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_rm_runs_with_the_same_seed_are_identical(micro, tmp_path):
+    # the scalar head starts from random weights: seeded before the model is built, or every run differs
+    args = ["train_rm.py", "--init", micro[0] / "sft", "--steps", "2", "--policy-pairs", "0", "--skip-eval"]
+    for name in ("a", "b"):
+        assert run(*args, "--out", tmp_path / name).returncode == 0
+    a, _ = read_safetensors(tmp_path / "a" / "model.safetensors")
+    b, _ = read_safetensors(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("script, args, message", [
     ("train_sft.py", ["--lr", "0"], "must be > 0"),
     ("train_sft.py", ["--batch-size", "0"], "positive integer"),
