@@ -29,11 +29,14 @@ How it is optimized (Schulman et al. 2017; Ziegler et al. 2019; the "N implement
 Models: policy and frozen reference = SFT; frozen reward = checkpoints/rm (with its normalization); a
 separate value model initialized from the reward model. Dropout is off everywhere.
 
+`--reward judge` (toy world) replaces the reward model by the gold judge: PPO with a perfect reward model,
+which separates what the RM's errors cost from what the optimization itself reaches in the time given.
+
 Simplifications versus InstructGPT: no pre-training gradient mix (PPO-ptx); one prompt set; small
 batches; a tiny model.
 
 Run it:
-    python train_ppo.py                                    # toy world, ~4 minutes on a 2-core CPU
+    python train_ppo.py                                    # toy world, about 2 minutes on a 2-core CPU
     python train_ppo.py --kl-coef 0 --out checkpoints/ppo-nokl    # reward hacking, for comparison
     python train_ppo.py --iterations 2 --batch-size 8 --skip-eval --out /tmp/ppo   # smoke run
     python train_ppo.py --init checkpoints/sft --rm checkpoints/rm --prompts hh-rlhf --max-new-tokens 128 \\
@@ -68,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=common.positive_float, default=1e-5, help="policy learning rate (constant after warmup)")
     p.add_argument("--value-lr", type=common.positive_float, default=1e-4, help="value model learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=5, help="linear warmup, in gradient steps")
+    p.add_argument("--reward", default="rm", choices=["rm", "judge"],
+                   help="rm = the reward model (RLHF); judge = the toy world's gold judge itself, a perfect reward model: "
+                        "an ablation that shows how much of the gap is the RM's fault")
     p.add_argument("--kl-coef", type=common.nonneg_float, default=0.3, help="beta: weight of the KL penalty (0 = no penalty)")
     p.add_argument("--kl-estimator", default="k1", choices=["k1", "k3"], help="per-token KL estimate in the reward")
     p.add_argument("--target-kl", type=common.nonneg_float, default=0.0, help="adaptive beta toward this KL per response (0 = fixed beta)")
@@ -86,6 +92,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.batch_size % args.minibatch_size:
         p.error(f"--minibatch-size {args.minibatch_size} must divide --batch-size {args.batch_size}")
+    if args.reward == "judge" and args.prompts != "world":
+        p.error("--reward judge needs the toy world's prompts (--prompts world): only they have a gold judge")
     return args
 
 
@@ -204,6 +212,11 @@ def forward_values(value_model, ids, attn, T0, device, dtype):
     return v[:, T0 - 1 : -1].float()
 
 
+def response_texts(new_ids: torch.Tensor, resp_mask: torch.Tensor, tok) -> list[str]:
+    """The decoded responses (B strings): tokens up to the first EOS, which decode() drops."""
+    return [tok.decode(row[: int(k)]) for row, k in zip(new_ids.tolist(), resp_mask.sum(dim=1).tolist())]
+
+
 @torch.no_grad()
 def rollout(policy, ref, rm, value_model, tok, prompts, args, beta, gen, device, dtype, perm):
     """Sample responses and compute everything PPO needs, in the minibatch order `perm` (see pitfall 7)."""
@@ -237,6 +250,11 @@ def rollout(policy, ref, rm, value_model, tok, prompts, args, beta, gen, device,
             scores[idx] = rm.score(ids[idx], attn[idx]).float()  # at the last real token
     mask = resp_mask.float()
     rm_score = scores.clone()
+    if args.reward == "judge":  # the ablation: the gold judge replaces the reward model (its score in [-1, 1])
+        from minipost.world import judge, strip_template
+
+        texts = response_texts(new, resp_mask, tok)
+        scores = torch.tensor([judge(strip_template(p), y).score for p, y in zip(prompts, texts)], device=device)
     scores = scores - args.missing_eos_penalty * (~has_eos).float()  # once per response, response only
     if args.whiten_rewards:
         scores = (scores - scores.mean()) / (scores.std() + 1e-8)
@@ -382,7 +400,7 @@ def main(argv=None):
             "eos_frac": ro["has_eos"].float().mean().item(),
         }
         if judge is not None:
-            texts = [tok.decode(row[: int(k)]) for row, k in zip(ro["new"].tolist(), mask.sum(dim=1).tolist())]
+            texts = response_texts(ro["new"], mask, tok)
             metrics["gold_score"] = sum(judge(strip_template(p), y).score for p, y in zip(batch_prompts, texts)) / len(texts)
         metrics["rollout_s"] = t_roll
         metrics["iter_s"] = time.time() - t0

@@ -326,7 +326,11 @@ def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device
     gold judge itself (a perfect reward model, best-of-n sampling), and measure its win rate against a
     fresh pair of ordinary samples, as win_rate_vs_<name> does. Best-of-n drifts log(n) - (n - 1)/n nats
     from the model at most (Stiennon et al. 2020), so it also prices each win rate in KL.
-    Returns {n: (win rate, mean gold score)}."""
+    Two more references, against the same ordinary samples: "greedy", the model's own greedy answers (a
+    policy sharpened to its mode), and "knowledge_oracle", a policy that scores the judge's maximum (1) on
+    every prompt except the fact and skill prompts whose greedy answer is wrong (there it keeps that
+    answer's score): all that preference training could win without teaching new knowledge.
+    Returns {n: (win rate, mean gold score)} plus those two keys."""
     from minipost.world import judge
 
     instructions = [p["prompt"] for p in world.eval_prompts]
@@ -342,6 +346,12 @@ def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device
     for n in ns:
         best = [max(r[i] for r in rounds[:n]) for i in range(len(instructions))]
         out[n] = (win_rate(best + best, ordinary), sum(best) / len(best))
+    greedy_texts, _, _ = generate_responses(model, tok, instructions, device=device, dtype=dtype)
+    verdicts = [judge(x, y) for x, y in zip(instructions, greedy_texts)]
+    greedy = [v.score for v in verdicts]
+    oracle = [v.score if p["kind"] in ("fact", "skill") and not v.correct else 1.0 for p, v in zip(world.eval_prompts, verdicts)]
+    for name, scores in (("greedy", greedy), ("knowledge_oracle", oracle)):
+        out[name] = (win_rate(scores + scores, ordinary), sum(scores) / len(scores))
     return out
 
 
@@ -363,4 +373,9 @@ if __name__ == "__main__":
                               device=dev, dtype=dtype, seed=a.seed)
     print(f"{a.checkpoint}: best of n samples by the gold judge vs an ordinary sample (held-out prompts)")
     for n, (w, g) in res.items():
-        print(f"  n={n}: win rate {100 * w:.1f}%, gold score {g:+.3f}, KL <= {math.log(n) - (n - 1) / n:.2f} nats")
+        if isinstance(n, int):
+            print(f"  n={n}: win rate {100 * w:.1f}%, gold score {g:+.3f}, KL <= {math.log(n) - (n - 1) / n:.2f} nats")
+    w, g = res["greedy"]
+    print(f"  its greedy answers: win rate {100 * w:.1f}%, gold score {g:+.3f}")
+    w, g = res["knowledge_oracle"]
+    print(f"  perfect answers except the facts and sums its greedy answer gets wrong: win rate {100 * w:.1f}%, gold score {g:+.3f}")

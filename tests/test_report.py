@@ -219,3 +219,6 @@ def test_best_of_n_ceiling_improves_with_n(tiny_models):
     (w1, g1), (w2, g2) = res[1], res[2]
     assert g2 >= g1 and w2 >= w1  # the best of two samples includes the first
     assert 0 <= w1 <= 1
+    # the knowledge oracle keeps the greedy score only where it cannot do better, and scores 1 elsewhere
+    (wg, gg), (wo, go) = res["greedy"], res["knowledge_oracle"]
+    assert go >= gg and wo >= wg and go > -1

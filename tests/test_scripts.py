@@ -138,6 +138,7 @@ def test_rm_runs_with_the_same_seed_are_identical(micro, tmp_path):
     ("train_ppo.py", ["--clip", "0"], "must be > 0"),
     ("train_ppo.py", ["--gamma", "1.5"], "must be in [0, 1]"),
     ("train_ppo.py", ["--lam=-0.1"], "must be in [0, 1]"),
+    ("train_ppo.py", ["--reward", "judge", "--prompts", "hh-rlhf"], "needs the toy world's prompts"),
     ("train_rm.py", ["--lr=-1e-3"], "must be > 0"),
     ("train_base.py", ["--steps", "0"], "positive integer"),
     ("chat.py", ["--top-p", "0"], "top_p must be in (0, 1]"),
@@ -187,3 +188,22 @@ def test_ppo_frozen_models_stay_bitwise_unchanged(micro, tmp_path, monkeypatch):
         assert all(torch.equal(model.state_dict()[k], v) for k, v in snapshot.items())
     rows = log_rows(tmp_path / "ppo" / "log.jsonl")
     assert len(rows) == 2 and all(math.isfinite(r["kl"]) for r in rows)
+
+
+def test_ppo_reward_judge_rewards_the_judge_score(micro, tmp_path, monkeypatch):
+    """--reward judge: each response's reward is the gold judge's score. At iteration 0 the policy is the
+    reference, so the KL term is exactly 0 and the logged reward equals the (stubbed) judge score."""
+    import types
+
+    import train_ppo
+    from minipost import world
+
+    monkeypatch.setattr(world, "judge", lambda prompt, response: types.SimpleNamespace(score=0.25))
+    d = micro[0]
+    train_ppo.main(["--init", str(d / "sft"), "--rm", str(d / "rm"), "--out", str(tmp_path / "ppo"), "--iterations", "1",
+                    "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "6", "--skip-eval",
+                    "--reward", "judge", "--missing-eos-penalty", "0"])
+    row = log_rows(tmp_path / "ppo" / "log.jsonl")[0]
+    assert row["kl"] == 0.0
+    assert row["reward"] == pytest.approx(0.25, abs=1e-6) and row["gold_score"] == pytest.approx(0.25)
+    assert row["rm_score"] != pytest.approx(0.25, abs=1e-3)  # the reward model is still scored, for comparison
