@@ -55,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
                    help="toy world: add judge-labelled pairs of the SFT model's own samples on this many training prompts, "
                         "the same pairs train_rm.py adds (0 = off)")
+    p.add_argument("--policy-samples", type=common.positive_int, default=2,
+                   help="samples per prompt for those pairs (>= 2); every untied pair of them is a comparison: "
+                        "K(K-1)/2 pairs, like InstructGPT's rankings of K samples")
     p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
     p.add_argument("--loss", default="sigmoid", choices=["sigmoid", "ipo", "hinge"], help="DPO, IPO or hinge loss")
     p.add_argument("--beta", type=common.positive_float, default=0.3,
@@ -77,6 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/dpo")
     args = p.parse_args(argv)
+    if args.policy_samples < 2:
+        p.error(f"--policy-samples must be >= 2 (a pair needs two samples), got {args.policy_samples}")
     if not 0 <= args.label_smoothing < 0.5:
         p.error(f"--label-smoothing must be in [0, 0.5), got {args.label_smoothing}")
     try:
@@ -241,7 +246,8 @@ def main(argv=None):
 
         t0 = time.time()
         extra, extra_stats = evaluate.policy_pairs(ref, tok, args.policy_pairs, label_noise=args.label_noise,
-                                                   seed=args.seed, device=device, dtype=dtype, cache_dir=args.init)
+                                                   seed=args.seed, device=device, dtype=dtype, cache_dir=args.init,
+                                                   samples=args.policy_samples)
         pairs, read_stats = pairs + extra, {**read_stats, **extra_stats}
         print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")
     train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)

@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--data", default="world", help="world | hh-rlhf | PATH (.jsonl / .jsonl.gz with prompt, chosen, rejected)")
     p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
                    help="toy world: add judge-labelled pairs of the policy's own samples on this many training prompts (0 = off)")
+    p.add_argument("--policy-samples", type=common.positive_int, default=2,
+                   help="samples per prompt for those pairs (>= 2); every untied pair of them is a comparison: "
+                        "K(K-1)/2 pairs, like InstructGPT's rankings of K samples")
     p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
     p.add_argument("--steps", type=common.positive_int, default=100, help="optimizer steps (held-out accuracy plateaus by ~50)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
@@ -62,7 +65,10 @@ def parse_args(argv=None):
     p.add_argument("--skip-eval", action="store_true", help="skip normalization samples and judge agreement (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="judge agreement on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/rm")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.policy_samples < 2:
+        p.error(f"--policy-samples must be >= 2 (a pair needs two samples), got {args.policy_samples}")
+    return args
 
 
 # -----------------------------------------------------------------------------
@@ -139,7 +145,8 @@ def main(argv=None):
         policy, _, _ = common.load_model(args.policy or args.init, device)
         t0 = time.time()
         extra, extra_stats = evaluate.policy_pairs(common.frozen(policy), tok, args.policy_pairs, label_noise=args.label_noise,
-                                                   seed=args.seed, device=device, dtype=dtype, cache_dir=args.policy or args.init)
+                                                   seed=args.seed, device=device, dtype=dtype, cache_dir=args.policy or args.init,
+                                                   samples=args.policy_samples)
         pairs = pairs + extra
         read_stats = {**read_stats, **extra_stats}
         print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")

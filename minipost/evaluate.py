@@ -261,12 +261,13 @@ def print_metrics(metrics: dict, title: str = ""):
 
 
 def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label_noise: float, seed: int, device,
-                 dtype=torch.float32, cache_dir=None) -> tuple[list[dict], dict]:
+                 dtype=torch.float32, cache_dir=None, samples: int = 2) -> tuple[list[dict], dict]:
     """Preference pairs on the policy's OWN samples, labelled by the gold judge -- how InstructGPT collected
     its comparisons (labellers ranked samples of the SFT model), with the judge as the labeller.
 
-    Two samples (temperature 1) per instruction; pairs the judge ties are skipped; each label is flipped
-    with probability `label_noise`, like the world's offline pairs. `instructions` may be a number n:
+    `samples` samples (temperature 1) per instruction, and every pair of them is a comparison (InstructGPT
+    had labellers rank K = 4 to 9 samples, which gives K(K-1)/2 pairs); pairs the judge ties are skipped;
+    each label is flipped with probability `label_noise`, like the world's offline pairs. `instructions` may be a number n:
     the first n of the world's RL training prompts. Returns (pairs with templated prompts, stats).
     Training on the policy's own distribution is what makes the reward model accurate where PPO will
     query it, and DPO's implicit reward accurate where its policy starts.
@@ -279,11 +280,13 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
     from minipost.data import load_prompts
     from minipost.world import judge, strip_template
 
+    if samples < 2:
+        raise ValueError(f"policy pairs need at least 2 samples per prompt, got {samples}")
     if isinstance(instructions, int):
         instructions = [strip_template(r["prompt"]) for r in load_prompts("world")[0]][:instructions]
 
     settings = {"prompts_sha256": hashlib.sha256("\n".join(instructions).encode()).hexdigest(), "seed": seed,
-                "label_noise": label_noise, "max_new_tokens": MAX_NEW_TOKENS, "weights_sha256": weights_fingerprint(policy)}
+                "label_noise": label_noise, "max_new_tokens": MAX_NEW_TOKENS, "weights_sha256": weights_fingerprint(policy), "samples": samples}
     cache = Path(cache_dir) / "policy_pairs.json" if cache_dir and Path(cache_dir).is_dir() else None
     if cache is not None and cache.is_file():
         try:
@@ -295,20 +298,23 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
             pass  # unreadable: sample again and overwrite it
 
     gen = torch.Generator().manual_seed(seed)
-    a, _, _ = generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
-    b, _, _ = generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
+    rounds = [generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)[0]
+              for _ in range(samples)]  # rounds[r][i]: sample r of instruction i
     flip = random.Random(seed)
     pairs, ties, flipped = [], 0, 0
-    for x, ya, yb in zip(instructions, a, b):
-        sa, sb = judge(x, ya).score, judge(x, yb).score
-        if sa == sb:
-            ties += 1
-            continue
-        chosen, rejected = (ya, yb) if sa > sb else (yb, ya)
-        if flip.random() < label_noise:
-            chosen, rejected = rejected, chosen
-            flipped += 1
-        pairs.append({"prompt": chat_prompt(x), "chosen": chosen, "rejected": rejected})
+    for i, x in enumerate(instructions):
+        ys = [r[i] for r in rounds]
+        scores = [judge(x, y).score for y in ys]
+        for j in range(samples):
+            for k in range(j + 1, samples):
+                if scores[j] == scores[k]:
+                    ties += 1
+                    continue
+                chosen, rejected = (ys[j], ys[k]) if scores[j] > scores[k] else (ys[k], ys[j])
+                if flip.random() < label_noise:
+                    chosen, rejected = rejected, chosen
+                    flipped += 1
+                pairs.append({"prompt": chat_prompt(x), "chosen": chosen, "rejected": rejected})
     stats = {"policy_pairs": len(pairs), "policy_ties_skipped": ties, "policy_labels_flipped": flipped}
     if cache is not None:
         from minipost.checkpoint import atomic_write_json

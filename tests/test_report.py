@@ -107,10 +107,30 @@ def test_policy_pairs_cached_beside_the_policy(tiny_models, tmp_path, monkeypatc
     monkeypatch.setattr(evaluate, "generate_responses", no_sampling)
     assert evaluate.policy_pairs(a, tok, prompts, label_noise=0.1, seed=1, device="cpu", cache_dir=tmp_path) == first
     # another seed, noise, prompt list or policy: sampled again
-    for kw in (dict(seed=2), dict(label_noise=0.2), dict(instructions=prompts[:5]), dict(policy=b)):
+    for kw in (dict(seed=2), dict(label_noise=0.2), dict(instructions=prompts[:5]), dict(policy=b), dict(samples=3)):
         args = dict(policy=a, instructions=prompts, label_noise=0.1, seed=1) | kw
         with pytest.raises(AssertionError, match="sampled although"):
             evaluate.policy_pairs(args.pop("policy"), tok, args.pop("instructions"), device="cpu", cache_dir=tmp_path, **args)
+
+
+def test_policy_pairs_compare_every_untied_pair_of_k_samples(tiny_models, monkeypatch):
+    from minipost.world import judge, lookup
+
+    world = build_world(seed=0, n_docs=1)
+    prompt = next(p["prompt"] for p in world.eval_prompts if p["kind"] == "fact")
+    answer = lookup(prompt)["answer"]
+    rounds = iter([[answer], ["Blue."], [answer], [""]])  # judge: 1, -0.5, 1 (ties the first), -1
+
+    def fake_sampler(policy, tok, instructions, **kw):
+        texts = next(rounds)
+        return texts, [[] for _ in texts], [True for _ in texts]
+
+    monkeypatch.setattr(evaluate, "generate_responses", fake_sampler)
+    pairs, stats = evaluate.policy_pairs(tiny_models[0], Tokenizer(4096), [prompt], label_noise=0.0, seed=0, device="cpu", samples=4)
+    assert stats == {"policy_pairs": 5, "policy_ties_skipped": 1, "policy_labels_flipped": 0}  # 4 * 3 / 2 = 6 pairs, 1 tie
+    assert all(judge(prompt, q["chosen"]).score > judge(prompt, q["rejected"]).score for q in pairs)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        evaluate.policy_pairs(tiny_models[0], Tokenizer(4096), [prompt], label_noise=0.0, seed=0, device="cpu", samples=1)
 
 
 # ----------------------------------------------------------------------------- report.py on synthetic outputs

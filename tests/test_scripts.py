@@ -140,6 +140,8 @@ def test_rm_runs_with_the_same_seed_are_identical(micro, tmp_path):
     ("train_ppo.py", ["--lam=-0.1"], "must be in [0, 1]"),
     ("train_ppo.py", ["--reward", "judge", "--prompts", "hh-rlhf"], "needs the toy world's prompts"),
     ("train_rm.py", ["--lr=-1e-3"], "must be > 0"),
+    ("train_rm.py", ["--policy-samples", "1"], "must be >= 2"),
+    ("train_dpo.py", ["--policy-samples", "1"], "must be >= 2"),
     ("train_base.py", ["--steps", "0"], "positive integer"),
     ("chat.py", ["--top-p", "0"], "top_p must be in (0, 1]"),
     ("chat.py", ["--temperature=-1"], "must be >= 0"),
