@@ -267,8 +267,9 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
 
     `samples` samples (temperature 1) per instruction, and every pair of them is a comparison (InstructGPT
     had labellers rank K = 4 to 9 samples, which gives K(K-1)/2 pairs); pairs the judge ties are skipped;
-    each label is flipped with probability `label_noise`, like the world's offline pairs. `instructions` may be a number n:
-    the first n of the world's RL training prompts. Returns (pairs with templated prompts, stats).
+    each label is flipped with probability `label_noise`, like the world's offline pairs. `instructions`
+    may be a number n: the first n of the world's RL training prompts. Returns (pairs with templated
+    prompts, stats).
     Training on the policy's own distribution is what makes the reward model accurate where PPO will
     query it, and DPO's implicit reward accurate where its policy starts.
     cache_dir: the policy's checkpoint directory. The pairs are stored there (policy_pairs.json) with what
@@ -286,7 +287,8 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
         instructions = [strip_template(r["prompt"]) for r in load_prompts("world")[0]][:instructions]
 
     settings = {"prompts_sha256": hashlib.sha256("\n".join(instructions).encode()).hexdigest(), "seed": seed,
-                "label_noise": label_noise, "max_new_tokens": MAX_NEW_TOKENS, "weights_sha256": weights_fingerprint(policy), "samples": samples}
+                "label_noise": label_noise, "max_new_tokens": MAX_NEW_TOKENS, "samples": samples,
+                "weights_sha256": weights_fingerprint(policy)}
     cache = Path(cache_dir) / "policy_pairs.json" if cache_dir and Path(cache_dir).is_dir() else None
     if cache is not None and cache.is_file():
         try:
