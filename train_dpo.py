@@ -16,6 +16,10 @@ Variants (`--loss`), all functions of h below:
            probability eps): -(1 - eps) log sigma(beta h) - eps log sigma(-beta h)
   ipo      Azar et al. 2023 (IPO), a squared loss that does not push h to infinity: (h - 1/(2 beta))^2
   hinge    the SLiC-style hinge: max(0, 1 - beta h)
+`--rpo-alpha a` adds a * (-log pi(y_c|x) / |y_c|), the chosen response's NLL per token (RPO, Pang et al.
+2024). The DPO loss sees only the margin h, and it can grow while probability moves from the chosen AND
+rejected responses to similar, unseen ones -- even ones like the rejected ("likelihood displacement",
+Razin et al. 2024). The NLL term keeps the chosen responses likely.
 
 log pi(y|x) is a SUM over response tokens (incl. EOS) in fp32; prompt and padding are excluded, and
 the same function serves chosen, rejected, policy and reference. At step 0 the policy IS the reference,
@@ -63,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=common.positive_float, default=0.3,
                    help="strength of the implicit KL constraint (the paper's 0.1 drifted 4x further from SFT here, for no gain)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: assumed label-flip rate in [0, 0.5)")
+    p.add_argument("--rpo-alpha", type=common.nonneg_float, default=0.0,
+                   help="weight of the chosen responses' NLL per token added to the loss (RPO); 0 = plain DPO")
     p.add_argument("--ref-logps", default="precompute", choices=["precompute", "online"], help="reference log-probs cached once, or recomputed per batch")
     p.add_argument("--steps", type=common.positive_int, default=60,
                    help="optimizer steps (about one pass over the pairs: longer runs overfit them and drift from SFT)")
@@ -113,6 +119,11 @@ def ipo_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
 def hinge_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-pair hinge loss (B,): max(0, 1 - beta h)."""
     return torch.relu(1 - beta * h)
+
+
+def chosen_nll(pol_c: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """Per-pair NLL per token of the chosen response (B,): -log pi(y_c|x) / |y_c|, EOS included."""
+    return -pol_c / n_tokens
 
 
 def preference_loss(h, kind: str, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -178,6 +189,9 @@ def train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, 
                 ref_c, ref_r = pair_logps(ref, pairs, tok.eos_id, device, dtype)
         h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (B,)
         loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
+        if args.rpo_alpha > 0:
+            n_c = torch.tensor([len(c) - n for c, _, n, _ in pairs], dtype=torch.float32, device=pol_c.device)  # (B,)
+            loss = loss + args.rpo_alpha * chosen_nll(pol_c, n_c).mean()
         if step == 0:
             # The policy is the reference: h = 0, so the sigmoid loss is ln 2 (pitfall 6 of REFERENCE.md).
             # Checked against the reference on this very batch; the precomputed values came from batches of

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from train_dpo import dpo_logits, dpo_loss, hinge_loss, ipo_loss, preference_loss
+from train_dpo import chosen_nll, dpo_logits, dpo_loss, hinge_loss, ipo_loss, preference_loss
 from train_ppo import (AdaptiveKL, gae, kl_per_token, masked_whiten, policy_loss, response_mask_after,
                        token_rewards, value_loss)
 from train_rm import bradley_terry_loss
@@ -49,6 +49,15 @@ def test_label_smoothing_ipo_hinge_by_hand():
     assert torch.equal(preference_loss(h, "ipo", beta), ipo_loss(h, beta))
     with pytest.raises(ValueError):
         preference_loss(h, "nope", beta)
+
+
+def test_rpo_chosen_nll_per_token_by_hand():
+    # -log pi(y_c) / |y_c|: summed log-probs -6 over 3 tokens and -2 over 4 tokens
+    pol_c = torch.tensor([-6.0, -2.0], requires_grad=True)
+    nll = chosen_nll(pol_c, torch.tensor([3.0, 4.0]))
+    assert nll.tolist() == [2.0, 0.5]
+    nll.mean().backward()
+    assert pol_c.grad.tolist() == pytest.approx([-1 / 6, -1 / 8], abs=1e-7)  # raising log pi(y_c) lowers it, less for longer responses
 
 
 # ----------------------------------------------------------------------------- reward model

@@ -142,6 +142,7 @@ def test_rm_runs_with_the_same_seed_are_identical(micro, tmp_path):
     ("train_rm.py", ["--lr=-1e-3"], "must be > 0"),
     ("train_rm.py", ["--policy-samples", "1"], "must be >= 2"),
     ("train_dpo.py", ["--policy-samples", "1"], "must be >= 2"),
+    ("train_dpo.py", ["--rpo-alpha=-1"], "must be >= 0"),
     ("train_base.py", ["--steps", "0"], "positive integer"),
     ("chat.py", ["--top-p", "0"], "top_p must be in (0, 1]"),
     ("chat.py", ["--temperature=-1"], "must be >= 0"),
@@ -209,3 +210,17 @@ def test_ppo_reward_judge_rewards_the_judge_score(micro, tmp_path, monkeypatch):
     assert row["kl"] == 0.0
     assert row["reward"] == pytest.approx(0.25, abs=1e-6) and row["gold_score"] == pytest.approx(0.25)
     assert row["rm_score"] != pytest.approx(0.25, abs=1e-3)  # the reward model is still scored, for comparison
+
+
+def test_dpo_rpo_alpha_adds_the_chosen_nll(micro, tmp_path):
+    """--rpo-alpha a: the loss is the DPO loss plus a * the chosen responses' NLL per token (> 0)."""
+    import train_dpo
+
+    d = micro[0]
+    argv = ["--init", str(d / "sft"), "--base", "", "--steps", "1", "--skip-eval", "--policy-pairs", "16"]
+    train_dpo.main(argv + ["--out", str(tmp_path / "dpo")])
+    train_dpo.main(argv + ["--out", str(tmp_path / "rpo"), "--rpo-alpha", "1"])
+    dpo, rpo = log_rows(tmp_path / "dpo" / "log.jsonl")[0], log_rows(tmp_path / "rpo" / "log.jsonl")[0]
+    assert dpo["loss"] == pytest.approx(math.log(2), abs=1e-3)  # step 0: policy = reference
+    nll = rpo["loss"] - dpo["loss"]  # the same batch (same seed): only the NLL term differs
+    assert nll > 0.5 and math.isfinite(nll)
