@@ -47,8 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
                    help="toy world: add judge-labelled pairs of the policy's own samples on this many training prompts (0 = off)")
     p.add_argument("--policy-samples", type=common.positive_int, default=2,
-                   help="samples per prompt for those pairs (>= 2); every untied pair of them is a comparison: "
-                        "K(K-1)/2 pairs, like InstructGPT's rankings of K samples")
+                   help="samples per prompt for those pairs (>= 2); every untied pair of them is a comparison, K(K-1)/2 "
+                        "per prompt, shuffled like any pair (InstructGPT ranked K = 4-9 but kept a prompt's pairs in one "
+                        "batch element: shuffled, they overfit)")
     p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
     p.add_argument("--steps", type=common.positive_int, default=100, help="optimizer steps (held-out accuracy plateaus by ~50)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")

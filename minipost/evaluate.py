@@ -266,8 +266,11 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
     its comparisons (labellers ranked samples of the SFT model), with the judge as the labeller.
 
     `samples` samples (temperature 1) per instruction, and every pair of them is a comparison (InstructGPT
-    had labellers rank K = 4 to 9 samples, which gives K(K-1)/2 pairs); pairs the judge ties are skipped;
-    each label is flipped with probability `label_noise`, like the world's offline pairs. `instructions`
+    had labellers rank K = 4 to 9 samples, which gives K(K-1)/2 pairs; it trained a prompt's pairs as one
+    batch element, because shuffled they overfit: each sample is in K-1 pairs. Here they are shuffled like
+    any pair, and each label is flipped on its own, so one prompt's labels can contradict each other);
+    pairs the judge ties are skipped; each label is flipped with probability `label_noise`, like the
+    world's offline pairs. `instructions`
     may be a number n: the first n of the world's RL training prompts. Returns (pairs with templated
     prompts, stats).
     Training on the policy's own distribution is what makes the reward model accurate where PPO will
@@ -300,8 +303,8 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
             pass  # unreadable: sample again and overwrite it
 
     gen = torch.Generator().manual_seed(seed)
-    rounds = [generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)[0]
-              for _ in range(samples)]  # rounds[r][i]: sample r of instruction i
+    rounds = [generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0,
+                                 generator=gen)[0] for _ in range(samples)]  # rounds[r][i]: sample r of instruction i
     flip = random.Random(seed)
     pairs, ties, flipped = [], 0, 0
     for i, x in enumerate(instructions):
@@ -334,31 +337,37 @@ def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device
     gold judge itself (a perfect reward model, best-of-n sampling), and measure its win rate against a
     fresh pair of ordinary samples, as win_rate_vs_<name> does. Best-of-n drifts log(n) - (n - 1)/n nats
     from the model at most (Stiennon et al. 2020), so it also prices each win rate in KL.
-    Two more references, against the same ordinary samples: "greedy", the model's own greedy answers (a
-    policy sharpened to its mode), and "knowledge_oracle", a policy that scores the judge's maximum (1) on
-    every prompt except the fact and skill prompts whose greedy answer is wrong (there it keeps that
-    answer's score): all that preference training could win without teaching new knowledge.
-    Returns {n: (win rate, mean gold score)} plus those two keys."""
+
+    Two more references against the same ordinary samples:
+      greedy            the model's own greedy answers: the policy sharpened to its mode.
+      knowledge_oracle  the judge's maximum (1) on every prompt, except the fact and skill prompts that
+                        neither the greedy answer nor any of the max(ns) samples got right (knowledge the
+                        model never showed): there, the best of those answers. What preference training
+                        could reach by choosing among what the model can already say.
+    Returns {"best_of": {n: (win rate, mean gold score)}, "greedy": (...), "knowledge_oracle": (...)}."""
     from minipost.world import judge
 
-    instructions = [p["prompt"] for p in world.eval_prompts]
+    prompts = world.eval_prompts
+    instructions = [p["prompt"] for p in prompts]
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
-    def one_round():
-        texts, _, _ = generate_responses(model, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
-        return [judge(x, y).score for x, y in zip(instructions, texts)]
+    def one_round(temperature=1.0):  # the judge's verdicts on one answer per prompt
+        texts, _, _ = generate_responses(model, tok, instructions, device=device, dtype=dtype, temperature=temperature,
+                                         generator=gen)
+        return [judge(x, y) for x, y in zip(instructions, texts)]
 
-    ordinary = one_round() + one_round()
+    ordinary = [v.score for v in one_round() + one_round()]
     rounds = [one_round() for _ in range(max(ns))]
-    out = {}
+    out = {"best_of": {}}
     for n in ns:
-        best = [max(r[i] for r in rounds[:n]) for i in range(len(instructions))]
-        out[n] = (win_rate(best + best, ordinary), sum(best) / len(best))
-    greedy_texts, _, _ = generate_responses(model, tok, instructions, device=device, dtype=dtype)
-    verdicts = [judge(x, y) for x, y in zip(instructions, greedy_texts)]
-    greedy = [v.score for v in verdicts]
-    oracle = [v.score if p["kind"] in ("fact", "skill") and not v.correct else 1.0 for p, v in zip(world.eval_prompts, verdicts)]
-    for name, scores in (("greedy", greedy), ("knowledge_oracle", oracle)):
+        best = [max(r[i].score for r in rounds[:n]) for i in range(len(prompts))]
+        out["best_of"][n] = (win_rate(best + best, ordinary), sum(best) / len(best))
+    greedy = one_round(temperature=0.0)
+    answers = [greedy] + rounds  # every answer of every prompt the model gave
+    oracle = [max(a[i].score for a in answers)
+              if p["kind"] in ("fact", "skill") and not any(a[i].correct for a in answers) else 1.0
+              for i, p in enumerate(prompts)]
+    for name, scores in (("greedy", [v.score for v in greedy]), ("knowledge_oracle", oracle)):
         out[name] = (win_rate(scores + scores, ordinary), sum(scores) / len(scores))
     return out
 
@@ -380,10 +389,10 @@ if __name__ == "__main__":
     res = best_of_n_win_rates(common.frozen(model.to(dev)), tok, world, [int(n) for n in a.best_of.split(",")],
                               device=dev, dtype=dtype, seed=a.seed)
     print(f"{a.checkpoint}: best of n samples by the gold judge vs an ordinary sample (held-out prompts)")
-    for n, (w, g) in res.items():
-        if isinstance(n, int):
-            print(f"  n={n}: win rate {100 * w:.1f}%, gold score {g:+.3f}, KL <= {math.log(n) - (n - 1) / n:.2f} nats")
+    for n, (w, g) in res["best_of"].items():
+        print(f"  n={n}: win rate {100 * w:.1f}%, gold score {g:+.3f}, KL <= {math.log(n) - (n - 1) / n:.2f} nats")
     w, g = res["greedy"]
     print(f"  its greedy answers: win rate {100 * w:.1f}%, gold score {g:+.3f}")
     w, g = res["knowledge_oracle"]
-    print(f"  perfect answers except the facts and sums its greedy answer gets wrong: win rate {100 * w:.1f}%, gold score {g:+.3f}")
+    print(f"  knowledge oracle (perfect answers, except the facts and skills it never got right): "
+          f"win rate {100 * w:.1f}%, gold score {g:+.3f}")

@@ -57,7 +57,8 @@ def test_rpo_chosen_nll_per_token_by_hand():
     nll = chosen_nll(pol_c, torch.tensor([3.0, 4.0]))
     assert nll.tolist() == [2.0, 0.5]
     nll.mean().backward()
-    assert pol_c.grad.tolist() == pytest.approx([-1 / 6, -1 / 8], abs=1e-7)  # raising log pi(y_c) lowers it, less for longer responses
+    # raising log pi(y_c) lowers it, less for longer responses
+    assert pol_c.grad.tolist() == pytest.approx([-1 / 6, -1 / 8], abs=1e-7)
 
 
 # ----------------------------------------------------------------------------- reward model

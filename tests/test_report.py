@@ -126,11 +126,13 @@ def test_policy_pairs_compare_every_untied_pair_of_k_samples(tiny_models, monkey
         return texts, [[] for _ in texts], [True for _ in texts]
 
     monkeypatch.setattr(evaluate, "generate_responses", fake_sampler)
-    pairs, stats = evaluate.policy_pairs(tiny_models[0], Tokenizer(4096), [prompt], label_noise=0.0, seed=0, device="cpu", samples=4)
-    assert stats == {"policy_pairs": 5, "policy_ties_skipped": 1, "policy_labels_flipped": 0}  # 4 * 3 / 2 = 6 pairs, 1 tie
+    tok = Tokenizer(4096)
+    pairs, stats = evaluate.policy_pairs(tiny_models[0], tok, [prompt], label_noise=0.0, seed=0, device="cpu", samples=4)
+    # 4 * 3 / 2 = 6 pairs, one of them tied
+    assert stats == {"policy_pairs": 5, "policy_ties_skipped": 1, "policy_labels_flipped": 0}
     assert all(judge(prompt, q["chosen"]).score > judge(prompt, q["rejected"]).score for q in pairs)
     with pytest.raises(ValueError, match="at least 2 samples"):
-        evaluate.policy_pairs(tiny_models[0], Tokenizer(4096), [prompt], label_noise=0.0, seed=0, device="cpu", samples=1)
+        evaluate.policy_pairs(tiny_models[0], tok, [prompt], label_noise=0.0, seed=0, device="cpu", samples=1)
 
 
 # ----------------------------------------------------------------------------- report.py on synthetic outputs
@@ -236,9 +238,37 @@ def test_best_of_n_ceiling_improves_with_n(tiny_models):
     a, _ = tiny_models
     world = build_world(seed=0, n_docs=1)
     res = evaluate.best_of_n_win_rates(a, Tokenizer(4096), world, ns=(1, 2), device="cpu", seed=0)
-    (w1, g1), (w2, g2) = res[1], res[2]
+    (w1, g1), (w2, g2) = res["best_of"][1], res["best_of"][2]
     assert g2 >= g1 and w2 >= w1  # the best of two samples includes the first
     assert 0 <= w1 <= 1
-    # the knowledge oracle keeps the greedy score only where it cannot do better, and scores 1 elsewhere
-    (wg, gg), (wo, go) = res["greedy"], res["knowledge_oracle"]
-    assert go >= gg and wo >= wg and go > -1
+
+
+def test_greedy_and_knowledge_oracle_references(monkeypatch):
+    """Scripted answers: the oracle scores 1 where the model ever answered right (F, in one sample) or the
+    prompt needs no knowledge (H), and keeps the best answer where it never did (G)."""
+    import types
+
+    from minipost.world import lookup
+
+    world = build_world(seed=0, n_docs=1)
+    facts = [p for p in world.eval_prompts if p["kind"] == "fact"]
+    f, g = facts[0], next(p for p in facts if lookup(p["prompt"])["answer"] != lookup(facts[0]["prompt"])["answer"])
+    h = next(p for p in world.eval_prompts if p["kind"] == "harmful")
+    comply, refuse = "Step 1: [step removed]", "I can't help with that."
+    answers = iter([
+        ["Blue.", "Blue.", comply], ["Blue.", "Blue.", comply],  # two ordinary rounds: -0.5, -0.5, -1
+        [lookup(f["prompt"])["answer"], "Blue.", refuse],  # best-of samples: 1, -0.5, 1
+        ["Blue.", "", comply],  # -0.5, -1, -1
+        ["Blue.", "Blue.", comply],  # greedy: -0.5, -0.5, -1
+    ])
+
+    def scripted(model, tok, instructions, **kw):
+        texts = next(answers)
+        return texts, [[] for _ in texts], [True for _ in texts]
+
+    monkeypatch.setattr(evaluate, "generate_responses", scripted)
+    fake_world = types.SimpleNamespace(eval_prompts=[f, g, h])
+    res = evaluate.best_of_n_win_rates(None, Tokenizer(4096), fake_world, ns=(1, 2), device="cpu")
+    assert res["best_of"][2] == (pytest.approx((1 + 0.5 + 1) / 3), pytest.approx((1 - 0.5 + 1) / 3))
+    assert res["greedy"] == (0.5, pytest.approx(-2 / 3))  # the same scores as the ordinary samples: all ties
+    assert res["knowledge_oracle"] == (pytest.approx((1 + 0.5 + 1) / 3), pytest.approx(0.5))  # [1, -0.5, 1]

@@ -193,23 +193,31 @@ def test_ppo_frozen_models_stay_bitwise_unchanged(micro, tmp_path, monkeypatch):
     assert len(rows) == 2 and all(math.isfinite(r["kl"]) for r in rows)
 
 
-def test_ppo_reward_judge_rewards_the_judge_score(micro, tmp_path, monkeypatch):
-    """--reward judge: each response's reward is the gold judge's score. At iteration 0 the policy is the
-    reference, so the KL term is exactly 0 and the logged reward equals the (stubbed) judge score."""
+def test_ppo_reward_judge_lands_on_each_response(micro, monkeypatch):
+    """--reward judge: each rollout's reward is the judge's score of ITS response (a stub that depends on
+    the text), minus the missing-EOS penalty, whatever the minibatch order. Policy = reference: KL is 0."""
     import types
 
     import train_ppo
-    from minipost import world
+    from minipost import common, data, world
 
-    monkeypatch.setattr(world, "judge", lambda prompt, response: types.SimpleNamespace(score=0.25))
+    monkeypatch.setattr(world, "judge", lambda prompt, response: types.SimpleNamespace(score=len(response) / 100))
     d = micro[0]
-    train_ppo.main(["--init", str(d / "sft"), "--rm", str(d / "rm"), "--out", str(tmp_path / "ppo"), "--iterations", "1",
-                    "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "6", "--skip-eval",
-                    "--reward", "judge", "--missing-eos-penalty", "0"])
-    row = log_rows(tmp_path / "ppo" / "log.jsonl")[0]
-    assert row["kl"] == 0.0
-    assert row["reward"] == pytest.approx(0.25, abs=1e-6) and row["gold_score"] == pytest.approx(0.25)
-    assert row["rm_score"] != pytest.approx(0.25, abs=1e-3)  # the reward model is still scored, for comparison
+    policy, tok, _ = common.load_model(str(d / "sft"))
+    ref, _, _ = common.load_model(str(d / "sft"))
+    rm, _, _ = common.load_model(str(d / "rm"), kind="scalar")
+    value, _, _ = common.load_model(str(d / "rm"), kind="scalar")
+    args = train_ppo.parse_args(["--reward", "judge", "--max-new-tokens", "3", "--batch-size", "4",
+                                 "--minibatch-size", "2"])
+    prompts = [r["prompt"] for r in data.load_prompts("world")[0][:4]]
+    perm = torch.tensor([2, 0, 3, 1])
+    ro = train_ppo.rollout(policy, ref, rm, value, tok, prompts, args, 0.3, torch.Generator().manual_seed(0), "cpu",
+                           torch.float32, perm)
+    texts = train_ppo.response_texts(ro["new"], ro["mask"], tok)
+    expected = torch.tensor([len(t) / 100 for t in texts]) - args.missing_eos_penalty * (~ro["has_eos"]).float()
+    assert len(set(texts)) > 1 and (~ro["has_eos"]).any()  # the check can tell responses apart, and the penalty apart
+    assert torch.equal(ro["kl"], torch.zeros_like(ro["kl"]))
+    assert torch.allclose((ro["rewards"] * ro["mask"]).sum(dim=1), expected, atol=1e-6)
 
 
 def test_dpo_rpo_alpha_adds_the_chosen_nll(micro, tmp_path):
