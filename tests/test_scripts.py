@@ -225,7 +225,9 @@ def test_dpo_rpo_alpha_adds_the_chosen_nll(micro, tmp_path):
     import train_dpo
 
     d = micro[0]
-    argv = ["--init", str(d / "sft"), "--base", "", "--steps", "1", "--skip-eval", "--policy-pairs", "16"]
+    rows = [{"prompt": f"What is {i} plus 1?", "chosen": str(i + 1), "rejected": f"I think it is {i + 3}."} for i in range(8)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["--init", str(d / "sft"), "--base", "", "--steps", "1", "--skip-eval", "--data", str(tmp_path / "pairs.jsonl")]
     train_dpo.main(argv + ["--out", str(tmp_path / "dpo")])
     train_dpo.main(argv + ["--out", str(tmp_path / "rpo"), "--rpo-alpha", "1"])
     dpo, rpo = log_rows(tmp_path / "dpo" / "log.jsonl")[0], log_rows(tmp_path / "rpo" / "log.jsonl")[0]
