@@ -477,9 +477,10 @@ def test_killed_overwrite_run_keeps_the_old_log_until_its_first_save(tmp_path):
 
 def test_resumed_log_has_every_step_once(tmp_path):
     out = tmp_path / "run"
-    ck.save_checkpoint(out, Tiny(), {"step": 4})
     ck.start_log(out, 0)
-    append_rows(out, range(7))  # saved at step 4, killed after logging step 6
+    append_rows(out, range(4))
+    ck.save_checkpoint(out, Tiny(), {"step": 4})
+    append_rows(out, range(4, 7))  # saved after 4 steps, killed after logging step 6
     assert ck.start_log(out, 4) == out / "log.jsonl"
     append_rows(out, range(4, 9))
     assert logged_steps(out) == list(range(9))
