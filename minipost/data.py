@@ -95,6 +95,8 @@ def _type_name(value) -> str:
 
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, gunzipped when the name ends in .gz."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a .json or .jsonl file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix != ".gz":
@@ -127,6 +129,8 @@ def _read_jsonl(path: Path, raw: bytes) -> list[tuple[int, dict]]:
             row = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno})") from e
+        except RecursionError as e:  # Python's parser recurses once per nesting level
+            raise DataError(f"{path}:{i}: JSON nested too deeply to read") from e
         if not isinstance(row, dict):
             raise DataError(f"{path}:{i}: expected a JSON object, got {_type_name(row)}")
         records.append((i, row))
@@ -170,6 +174,8 @@ def _read_json_array(path: Path, raw: bytes) -> list[tuple[int, dict]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from e
+    except RecursionError as e:  # Python's parser recurses once per nesting level
+        raise DataError(f"{path}: JSON nested too deeply to read") from e
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of objects, got {_type_name(data)} "
                         f"(for one object per line, name the file .jsonl)")
@@ -327,17 +333,21 @@ def load_sft(source: str, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], dict
 
     source: "world" (the toy world's demos), "alpaca", "dolly", or a PATH to .json/.jsonl/.jsonl.gz whose
     rows may be Alpaca, Dolly, chat ({messages}) or {prompt, response} (detected row by row).
-    Examples with an empty (or all-whitespace) response are dropped and counted in stats["dropped_empty"].
+    Examples with an empty (or all-whitespace) response are dropped and counted in stats["dropped_empty"];
+    chat rows with no assistant turn (nothing to learn from) in stats["dropped_no_answer"].
     """
+    n_no_answer = 0
     if source == "world":
         raw = [{"prompt": chat_prompt(d["prompt"]), "response": d["response"]} for d in _world().sft_demos]
         n_read = len(raw)
     else:
         records = _records_of(source, "sft", cache_dir)
-        raw = [ex for where, row in records for ex in _sft_row(row, where)]
-        n_read = len(records)
+        per_row = [_sft_row(row, where) for where, row in records]
+        raw = [ex for examples in per_row for ex in examples]
+        n_read, n_no_answer = len(records), sum(1 for examples in per_row if not examples)
     examples = [ex for ex in raw if ex["response"].strip()]
-    return examples, {"read": n_read, "examples": len(examples), "dropped_empty": len(raw) - len(examples)}
+    return examples, {"read": n_read, "examples": len(examples), "dropped_empty": len(raw) - len(examples),
+                      "dropped_no_answer": n_no_answer}
 
 
 # --- preference pairs

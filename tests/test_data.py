@@ -103,7 +103,7 @@ def test_bom_crlf_and_blank_lines_accepted(tmp_path):
     assert read_records(path) == [(1, {"prompt": "a", "response": "b"}), (3, {"prompt": "c", "response": "d"})]
     examples, stats = load_sft(str(path))
     assert [e["response"] for e in examples] == ["b", "d"]  # no stray "\r"
-    assert stats == {"read": 2, "examples": 2, "dropped_empty": 0}
+    assert stats == {"read": 2, "examples": 2, "dropped_empty": 0, "dropped_no_answer": 0}
     # a BOM in a .json array too
     path = write(tmp_path, "ok.json", b'\xef\xbb\xbf[{"instruction": "a", "input": "", "output": "b"}]')
     assert read_records(path) == [(1, {"instruction": "a", "input": "", "output": "b"})]
@@ -144,7 +144,7 @@ def test_formats_detected_per_row(tmp_path):
          "response": "Cats purr."},
         {"prompt": "### Instruction:\nSay hi.\n\n### Response:\n", "response": "Hi!"},
     ]
-    assert stats == {"read": 5, "examples": 4, "dropped_empty": 1}
+    assert stats == {"read": 5, "examples": 4, "dropped_empty": 1, "dropped_no_answer": 0}
 
 
 def test_alpaca_json_array(tmp_path):
@@ -432,3 +432,17 @@ def test_render_conversation_needs_a_final_user_turn():
     assert render_conversation([{"role": "user", "content": "Hi"}]) == chat_prompt("Hi")
     with pytest.raises(ValueError):
         render_conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+
+
+def test_directory_deep_nesting_and_answerless_chat_rows(tmp_path):
+    folder = tmp_path / "demos.jsonl"
+    folder.mkdir()
+    assert error_of(load_sft, str(folder)) == f"{folder} is a directory; give a .json or .jsonl file"
+    deep = write(tmp_path, "deep.jsonl", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+    assert error_of(load_sft, str(deep)) == f"{deep}:1: JSON nested too deeply to read"
+    deep = write(tmp_path, "deep.json", b"[" * 100_000 + b"]" * 100_000)
+    assert error_of(load_sft, str(deep)) == f"{deep}: JSON nested too deeply to read"
+    rows = [{"messages": [{"role": "user", "content": "Hi"}]},  # nothing to learn from: counted
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    examples, stats = load_sft(str(write(tmp_path, "chat.jsonl", jsonl(rows))))
+    assert len(examples) == 1 and stats["read"] == 2 and stats["dropped_no_answer"] == 1
