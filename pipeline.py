@@ -18,7 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from minipost import errors
 from minipost.checkpoint import has_checkpoint
+
+HERE = Path(__file__).resolve().parent  # the stage scripts live beside this file, wherever it is run from
 
 # (name, script, arguments, output directory). Later stages read the earlier ones' checkpoints.
 def stages(ck: str, micro: bool):
@@ -73,10 +76,10 @@ def main(argv=None):
         if has_checkpoint(out) and name not in redo and (Path(out) / "log.jsonl").exists():
             print(f"[{i}/{len(plan)}] {name}: reusing {out} (pass --redo {name} to run it again)", flush=True)
             continue
-        cmd = [sys.executable, script, "--out", out, "--overwrite"] + stage_args
+        cmd = [sys.executable, str(HERE / script), "--out", out, "--overwrite"] + stage_args
         if args.device:
             cmd += ["--device", args.device]
-        print(f"[{i}/{len(plan)}] {name}: {' '.join(cmd[1:])}", flush=True)
+        print(f"[{i}/{len(plan)}] {name}: {' '.join([script] + cmd[2:])}", flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
@@ -90,4 +93,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -248,9 +248,9 @@ def main(argv=None):
                 print(f"  r {rwd:+.2f} | gold {js:+.2f} | {x!r} -> {y[:90]!r}")
 
     save(args.steps, metrics)
-    from minipost.checkpoint import atomic_write_json
+    from minipost import evaluate
 
-    atomic_write_json(f"{args.out}/eval.json", metrics)
+    evaluate.write_eval(args.out, {"metrics": metrics})
     print(f"pair accuracy (held-out): {common.fmt_pct(metrics['pair_accuracy'])}; "
           f"judge agreement: {common.fmt_pct(metrics.get('judge_agreement'))}; wrote {args.out}")
 

@@ -52,7 +52,7 @@ STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 PENDING = ".new"  # a save's files before its commit (see save_checkpoint)
-# Results computed from a checkpoint's weights: a new save makes them stale, so it removes them.
+# Results computed from a checkpoint's weights: a save that changes the weights removes them.
 DERIVED_FILES = ("eval.json", "samples.jsonl", "sweep.json")
 MAX_HEADER_BYTES = 100_000_000  # the official library's limit; a bigger "length" is a corrupt file
 
@@ -370,8 +370,13 @@ def _roll_forward(out_dir):
             pass  # already in place (or not part of this save)
     if STATE_FILE not in listed:
         (out_dir / STATE_FILE).unlink(missing_ok=True)  # a train state from an older save: not this one's
-    for name in DERIVED_FILES:
-        (out_dir / name).unlink(missing_ok=True)  # results of the previous weights
+    try:  # config.json is still the old one here (it is renamed last)
+        old_weights = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))["files"][MODEL_FILE]
+    except (OSError, ValueError, KeyError, TypeError):
+        old_weights = None
+    if listed.get(MODEL_FILE) != old_weights:
+        for name in DERIVED_FILES:
+            (out_dir / name).unlink(missing_ok=True)  # results of weights that are gone
     try:
         os.replace(config_new, out_dir / CONFIG_FILE)
     except FileNotFoundError:
@@ -444,6 +449,28 @@ def weights_sha256(ckpt_dir) -> str | None:
         return _read_config(ckpt_dir)["files"].get(MODEL_FILE)
     except CheckpointError:
         return None
+
+
+def results_stamp(ckpt_dir, *names) -> dict:
+    """What a results file (eval.json) stores to say which weights and files it belongs to: the sha256 of
+    the weights that ckpt_dir/config.json vouches for, and of each named file beside it."""
+    ckpt_dir = Path(ckpt_dir)
+    return {MODEL_FILE: weights_sha256(ckpt_dir), **{n: _sha256_file(ckpt_dir / n) for n in names}}
+
+
+def stamp_mismatch(ckpt_dir, stamp) -> str | None:
+    """None if `stamp` (from results_stamp) matches ckpt_dir now, else why not, in words."""
+    ckpt_dir = Path(ckpt_dir)
+    if not isinstance(stamp, dict) or MODEL_FILE not in stamp:
+        return "it records no weights hash (written by an older minipost)"
+    weights = weights_sha256(ckpt_dir)
+    if stamp[MODEL_FILE] != weights:
+        return (f"it was written for other weights (sha256 {str(stamp[MODEL_FILE])[:12]}..., "
+                f"the checkpoint holds {str(weights)[:12]}...)")
+    for name, sha in stamp.items():
+        if name != MODEL_FILE and (not (ckpt_dir / name).is_file() or _sha256_file(ckpt_dir / name) != sha):
+            return f"{name} is missing or was changed after it"
+    return None
 
 
 def _read_config(ckpt_dir):

@@ -326,21 +326,28 @@ def load_model(source: str, device="cpu", kind: str | None = None):
     if not ckpt.has_checkpoint(source):
         raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: {', '.join(OFFICIAL)})")
     state, config = ckpt.load_checkpoint(source)
-    gcfg = dropout_off(GPTConfig.from_dict(config["model"]))  # post-training compares log-probs: no dropout
-    saved_kind = config.get("kind", "lm")
-    kind = kind or saved_kind
-    if kind == "lm":
-        if saved_kind != "lm":
-            raise ckpt.CheckpointError(f"{source} holds a {saved_kind} model, a language model is needed")
-        model = GPT(gcfg)
-        ckpt.load_into(model, state, source)
-    elif saved_kind == "scalar":
-        model = GPTScalar(gcfg)
-        ckpt.load_into(model, state, source)
-    else:  # a scalar model started from a language model's weights; the head is fresh
-        model = GPTScalar(gcfg)
-        ckpt.load_into(model.gpt, state, source)
-    tok = Tokenizer(config.get("tokenizer", {}).get("vocab_size", gcfg.vocab_size))
+    try:  # config.json is a text file anyone can edit: a field that cannot build the model is named as its fault
+        gcfg = dropout_off(GPTConfig.from_dict(config["model"]))  # post-training compares log-probs: no dropout
+        saved_kind = config.get("kind", "lm")
+        kind = kind or saved_kind
+        if kind == "lm":
+            if saved_kind != "lm":
+                raise ckpt.CheckpointError(f"{source} holds a {saved_kind} model, a language model is needed")
+            model = GPT(gcfg)
+            ckpt.load_into(model, state, source)
+        elif saved_kind == "scalar":
+            model = GPTScalar(gcfg)
+            ckpt.load_into(model, state, source)
+        else:  # a scalar model started from a language model's weights; the head is fresh
+            model = GPTScalar(gcfg)
+            ckpt.load_into(model.gpt, state, source)
+        tok = Tokenizer(config.get("tokenizer", {}).get("vocab_size", gcfg.vocab_size))
+    except ckpt.CheckpointError:
+        raise
+    except KeyError as e:
+        raise ckpt.CheckpointError(f"{source}/config.json: missing field {e}") from e
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ckpt.CheckpointError(f"{source}/config.json: {e}") from e
     return model.to(device), tok, config
 
 

@@ -211,14 +211,20 @@ def eval_settings(model, *, seed: int, n_samples: int, limit: int) -> dict:
 
 
 def write_eval(out_dir, result: dict):
-    """checkpoints/<stage>/eval.json (metrics, and the settings under "eval_settings") and samples.jsonl
-    (every prompt, response and score)."""
+    """checkpoints/<stage>/eval.json (metrics, the settings under "eval_settings", and under "written_for"
+    the hashes of the weights and of samples.jsonl) and samples.jsonl (every prompt, response and score).
+    samples.jsonl first: eval.json, written last, vouches for it. A result without samples (the reward
+    model's) writes eval.json alone."""
     out = Path(out_dir)
-    from minipost.checkpoint import atomic_write_json, atomic_write_bytes
+    from minipost.checkpoint import atomic_write_bytes, atomic_write_json, results_stamp
 
-    atomic_write_json(out / "eval.json", {**result["metrics"], "eval_settings": result["settings"]})
-    lines = "".join(json.dumps(s) + "\n" for s in result["samples"])
-    atomic_write_bytes(out / "samples.jsonl", lines.encode())
+    files = []
+    if result.get("samples") is not None:
+        lines = "".join(json.dumps(s) + "\n" for s in result["samples"])
+        atomic_write_bytes(out / "samples.jsonl", lines.encode())
+        files.append("samples.jsonl")
+    atomic_write_json(out / "eval.json", {**result["metrics"], "eval_settings": result.get("settings"),
+                                          "written_for": results_stamp(out, *files)})
 
 
 def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0) -> dict | None:
@@ -230,6 +236,7 @@ def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0)
     except (OSError, ValueError):
         return None
     settings = metrics.pop("eval_settings", None)
+    metrics.pop("written_for", None)
     if settings != eval_settings(model, seed=seed, n_samples=n_samples, limit=limit):
         return None
     return {"metrics": metrics, "samples": samples, "settings": settings}

@@ -19,6 +19,8 @@ so every model is compared on the same prompts. The frontier uses the expected g
 import json
 from pathlib import Path
 
+from minipost.checkpoint import stamp_mismatch
+
 POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO")]
 LARGER = ("sft-4x", "SFT of a 4x larger base")
 
@@ -38,6 +40,21 @@ CAPABILITIES = [
 def _read_json(path):
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _stage_eval(stage_dir: Path, refused: list) -> tuple[dict | None, list]:
+    """(eval.json, samples.jsonl rows) of a stage, if they were written for the weights now in its checkpoint.
+    Results of other weights (a stage rerun without evaluating, files copied by hand) are refused: the reason
+    goes into `refused` and is printed, and the stage counts as not evaluated."""
+    ev = _read_json(stage_dir / "eval.json")
+    if ev is None:
+        return None, []
+    why = stamp_mismatch(stage_dir, ev.get("written_for"))
+    if why is not None:
+        refused.append(f"{stage_dir / 'eval.json'}: {why}; rerun the stage's evaluation")
+        print(f"report: ignoring {refused[-1]}")
+        return None, []
+    return ev, _read_jsonl(stage_dir / "samples.jsonl")
 
 
 def _read_jsonl(path):
@@ -203,12 +220,15 @@ def plot_stage_curves(ckpt_dir: Path, path: Path):
 def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     """Write ckpt_dir/report.md and its PNGs from the stages' outputs. Missing stages are marked missing."""
     d = Path(ckpt_dir)
-    evals = {s: _read_json(d / s / "eval.json") for s, _ in POLICIES + [LARGER]}
-    samples = {s: _read_jsonl(d / s / "samples.jsonl") for s, _ in POLICIES + [LARGER]}
+    refused = []
+    stage_evals = {s: _stage_eval(d / s, refused) for s, _ in POLICIES + [LARGER, ("ppo-nokl", "")]}
+    evals = {s: ev for s, (ev, _) in stage_evals.items()}
+    samples = {s: rows for s, (_, rows) in stage_evals.items()}
     present = [(s, name) for s, name in POLICIES if evals[s]]
     lines = ["# minipost report", "",
              "Built by `python -m minipost.report` from the stages' `eval.json`, `samples.jsonl` and logs. "
              "All numbers are the gold judge's, on held-out prompts the SFT and preference data never showed.", ""]
+    lines += [f"Refused: {r}" for r in refused] + ([""] if refused else [])
 
     # 1. the capability table
     lines += ["## 1. What each stage changes (the tutorial's capability table, measured)", ""]
@@ -247,7 +267,7 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     # 3. frontier
     ppo_points = []
     for run, beta_label in (("ppo", None), ("ppo-nokl", "beta 0")):
-        ev = evals.get(run) or _read_json(d / run / "eval.json")
+        ev = evals.get(run)
         cfg = _read_json(d / run / "config.json")
         if ev and ev.get("kl_to_sft") is not None:
             beta = cfg["args"]["kl_coef"] if cfg else None
