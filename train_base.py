@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common
-from minipost.model import GPT, OFFICIAL, config_from_preset
+from minipost import common, errors
+from minipost.model import GPT, OFFICIAL, PRESETS, config_from_preset
 from minipost.tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -42,7 +42,7 @@ from minipost.tokenizer import Tokenizer
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="", help=f"empty = train the preset from scratch; or {' | '.join(OFFICIAL)} = official weights, no training")
-    p.add_argument("--preset", default="tiny", help="model shape to train from scratch (minipost/model.py PRESETS)")
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS), help="model shape to train from scratch (minipost/model.py PRESETS)")
     p.add_argument("--n-docs", type=common.positive_int, default=60000, help="documents in the toy-world corpus")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the toy world (facts split, corpus, demos)")
     p.add_argument("--steps", type=common.positive_int, default=800, help="optimizer steps")
@@ -61,7 +61,13 @@ def parse_args(argv=None):
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
     p.add_argument("--stop-at", type=int, default=-1, help="stop after this many steps as if interrupted (tests --resume); -1 = never")
     common.add_common_args(p, out_dir="checkpoints/base")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.block_size != -1 and args.block_size < MIN_BLOCK:
+        p.error(f"--block-size {args.block_size}: must be at least {MIN_BLOCK} tokens (or -1 = the preset's)")
+    return args
+
+
+MIN_BLOCK = 64  # the evaluation's chat prompts take up to 31 tokens, and the answer needs room
 
 
 # -----------------------------------------------------------------------------
@@ -209,4 +215,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

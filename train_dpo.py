@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data
+from minipost import common, data, errors
 
 # -----------------------------------------------------------------------------
 # Config
@@ -246,7 +246,7 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     common.frozen(ref)  # the reference never changes: eval mode, no grads, not in the optimizer
     common.seed_everything(args.seed)
-    block_size = policy.config.block_size if args.block_size <= 0 else min(args.block_size, policy.config.block_size)
+    block_size, _ = common.stage_context(args.block_size, policy.config.block_size)
     common.print_config("train_dpo", args, {"device": device, "dtype": why, "block_size": block_size})
 
     # ---- data
@@ -328,4 +328,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

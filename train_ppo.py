@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data
+from minipost import common, data, errors
 
 # -----------------------------------------------------------------------------
 # Config
@@ -437,4 +437,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

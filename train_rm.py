@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data
+from minipost import common, data, errors
 
 # -----------------------------------------------------------------------------
 # Config
@@ -132,7 +132,7 @@ def main(argv=None):
         rm, tok, init_config = common.load_model(args.init, device, kind="scalar")
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
-    block_size = rm.config.block_size if args.block_size <= 0 else min(args.block_size, rm.config.block_size)
+    block_size, _ = common.stage_context(args.block_size, rm.config.block_size)
     common.print_config("train_rm", args, {"device": device, "dtype": why, "block_size": block_size})
 
     # ---- data: preference pairs -> (chosen ids, rejected ids, n_prompt, margin)
@@ -256,4 +256,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data
+from minipost import common, data, errors
 
 # -----------------------------------------------------------------------------
 # Config
@@ -119,8 +119,7 @@ def main(argv=None):
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.seed_everything(args.seed)
-    block_size = model.config.block_size if args.block_size <= 0 else min(args.block_size, model.config.block_size)
-    max_prompt = args.max_prompt_tokens if args.max_prompt_tokens > 0 else block_size // 2
+    block_size, max_prompt = common.stage_context(args.block_size, model.config.block_size, args.max_prompt_tokens)
     common.print_config("train_sft", args, {"device": device, "dtype": why, "block_size": block_size,
                                             "params": f"{model.num_params() / 1e6:.2f}M"})
 
@@ -219,4 +218,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

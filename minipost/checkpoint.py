@@ -536,8 +536,11 @@ def load_train_state(ckpt_dir):
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
+        # torch's message is a page long; the line naming what was refused is the one that matters
+        lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        why = next((line for line in lines if "Unsupported" in line), lines[0])
         raise CheckpointError(f"{path}: cannot load train state with weights_only=True "
-                              f"(refusing to unpickle arbitrary objects): {e}") from e
+                              f"(refusing to unpickle arbitrary objects): {why.strip()}") from e
 
 
 def load_into(model, state_dict, path_for_errors):
@@ -558,7 +561,8 @@ def load_into(model, state_dict, path_for_errors):
 
 def prepare_output_dir(out_dir, resume: bool, overwrite: bool):
     """Decide what a training script may do with out_dir before any work starts. Returns the Path.
-    --overwrite deletes nothing here: the new save replaces the files when it happens."""
+    --overwrite deletes nothing here: the new save replaces the files when it happens. The directory
+    itself is created by the run's first log line or save."""
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise CheckpointError("pass only one of --resume and --overwrite")
@@ -573,8 +577,9 @@ def prepare_output_dir(out_dir, resume: bool, overwrite: bool):
     if has_checkpoint(out_dir) and not (resume or overwrite):
         raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
                               "or --overwrite to replace it")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"--out {out_dir}: cannot create the directory ({e.strerror})") from e
+    # Not created yet: a run that fails on its data must not leave an empty directory behind. But the
+    # first save must be able to create it, so check now that the nearest existing folder is writable.
+    existing = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"--out {out_dir}: {existing} is not writable")
     return out_dir

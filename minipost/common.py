@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
 from minipost import data
+from minipost.errors import UserError
 from minipost.model import GPT, OFFICIAL, GPTConfig, GPTScalar, config_from_preset
 from minipost.tokenizer import Tokenizer
 
@@ -71,12 +72,39 @@ def nonneg_int(s: str) -> int:
     return v
 
 
+def device_arg(s: str) -> str:
+    """A device string torch understands (cpu, cuda, cuda:1, mps), or empty = autodetect."""
+    if s:
+        try:
+            torch.device(s)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"unknown device {s!r}; use cpu, cuda, cuda:N or mps") from None
+    return s
+
+
+MIN_CONTEXT = 16  # tokens: room for a (left-truncated) prompt and the start of an answer
+
+
+def stage_context(block_size: int, model_context: int, max_prompt_tokens: int = -1) -> tuple[int, int]:
+    """(tokens per example, prompt budget) of a post-training stage, checked against the model's context.
+    -1 = the model's context / half of it. Asking for more than the model holds is an error, not a silent cut."""
+    if block_size > model_context:
+        raise UserError(f"--block-size {block_size}: the model's context holds only {model_context} tokens")
+    if 0 < block_size < MIN_CONTEXT:
+        raise UserError(f"--block-size {block_size}: must be at least {MIN_CONTEXT} tokens (or -1 = the model's context)")
+    block = block_size if block_size > 0 else model_context
+    if max_prompt_tokens >= block:
+        raise UserError(f"--max-prompt-tokens {max_prompt_tokens}: must be below the {block}-token block "
+                        "(the answer needs room too)")
+    return block, max_prompt_tokens if max_prompt_tokens > 0 else block // 2
+
+
 def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
     """Flags every stage has: output, resume/overwrite, device, dtype, seed."""
     p.add_argument("--out", default=out_dir, help="checkpoint directory to write")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    p.add_argument("--device", default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
+    p.add_argument("--device", type=device_arg, default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto = bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with AMX/AVX512-BF16), else fp32")
     p.add_argument("--seed", type=int, default=seed, help="random seed (data order, init, sampling)")

@@ -329,7 +329,8 @@ def test_prepare_output_dir(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(CheckpointError, match=f"--resume: no checkpoint at {out}"):
         ck.prepare_output_dir(out, resume=True, overwrite=False)
-    assert ck.prepare_output_dir(out, resume=False, overwrite=False) == out and out.is_dir()
+    assert ck.prepare_output_dir(out, resume=False, overwrite=False) == out
+    assert not out.exists()  # created by the first save: a run that fails on its data leaves nothing
     assert not ck.has_checkpoint(out)
     ck.save_checkpoint(out, Tiny(), {})
     assert ck.has_checkpoint(out)
