@@ -58,7 +58,6 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
-    p.add_argument("--stop-at", type=int, default=-1, help="stop after this many steps as if interrupted (tests --resume); -1 = never")
     common.add_common_args(p, out_dir="checkpoints/sft")
     args = p.parse_args(argv)
     if args.micro_batch_size == -1:
@@ -137,16 +136,14 @@ def main(argv=None):
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
-    start = 0
-    if args.resume:
-        start = common.resume(args.out, model, optimizer, gen)
 
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
-
-    def save(step, metrics):
+    def save(metrics, train_state):
         common.save_stage(args.out, model, stage="sft", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, gen),
-                          extra={"init": args.init, "data_stats": {**read_stats, **enc_stats}})
+                          train_state=train_state, extra={"init": args.init, "data_stats": {**read_stats, **enc_stats}})
+
+    saver = common.Checkpointer(args, model, save, optimizer=optimizer, data_rng=gen)
+    start = saver.start()
+    log = saver.logger(args.steps)
 
     # ---- the training loop
     model.train()
@@ -177,13 +174,10 @@ def main(argv=None):
         if val_seqs and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
             metrics["val_loss"] = held_out_loss(model, val_seqs, tok, device, dtype)
         log.log(step, **metrics)
-        if step + 1 == args.stop_at:
-            save(step + 1, {})
-            print(f"stopped at step {step + 1} (--stop-at); continue with --resume")
-            return
+        saver.step_done(step + 1)
 
     final = {"val_loss": held_out_loss(model, val_seqs, tok, device, dtype) if val_seqs else None, "steps": args.steps}
-    save(args.steps, final)
+    saver.save(args.steps, final)
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/loss.png", ["loss", "val_loss"], "SFT (train_sft.py)")
     print(f"wrote {args.out}")
 

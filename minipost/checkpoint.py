@@ -349,7 +349,7 @@ def save_checkpoint(out_dir, model, config, train_state=None):
     # The commit point: one rename makes config.json.new (complete, fsync'ed) appear.
     atomic_write_bytes(_pending(out_dir / CONFIG_FILE), text.encode("utf-8"))
     _roll_forward(out_dir)
-    _record_save(out_dir, config)
+    _record_save(out_dir, train_state.get("step") if isinstance(train_state, dict) else None)
 
 
 def _roll_forward(out_dir):
@@ -433,9 +433,9 @@ def start_log(out_dir, start_step: int) -> Path:
 _last_save = {}
 
 
-def _record_save(out_dir, config):
+def _record_save(out_dir, step):
     _last_save.clear()
-    _last_save.update(out_dir=str(out_dir), step=config.get("step"))
+    _last_save.update(out_dir=str(out_dir), step=step)
 
 
 def last_save():
@@ -572,6 +572,7 @@ def prepare_output_dir(out_dir, resume: bool, overwrite: bool):
         if parent.exists() and not parent.is_dir():
             raise CheckpointError(f"--out {out_dir}: {parent} is a file, not a directory")
     recover(out_dir, clean=True)  # finish or discard a save that a killed run left half done
+    _record_save(out_dir, None)  # for the message after Ctrl-C: nothing saved by this run yet
     if resume and not has_checkpoint(out_dir):
         raise CheckpointError(f"--resume: no checkpoint at {out_dir}")
     if has_checkpoint(out_dir) and not (resume or overwrite):

@@ -99,8 +99,8 @@ def stage_context(block_size: int, model_context: int, max_prompt_tokens: int = 
     return block, max_prompt_tokens if max_prompt_tokens > 0 else block // 2
 
 
-def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
-    """Flags every stage has: output, resume/overwrite, device, dtype, seed."""
+def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337, save_every: int = 0):
+    """Flags every stage has: output, resume/overwrite, device, dtype, seed, periodic saves."""
     p.add_argument("--out", default=out_dir, help="checkpoint directory to write")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
@@ -108,6 +108,10 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto = bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with AMX/AVX512-BF16), else fp32")
     p.add_argument("--seed", type=int, default=seed, help="random seed (data order, init, sampling)")
+    p.add_argument("--save-every", type=nonneg_int, default=save_every,
+                   help="write a resumable checkpoint every N steps; 0 = only at the end")
+    p.add_argument("--stop-at", type=int, default=-1,
+                   help="tests of --resume: end the process after this step as a kill would; -1 = never")
 
 
 # -----------------------------------------------------------------------------
@@ -277,7 +281,9 @@ class StepLogger:
             parts.append(f"{k} {_fmt(k, v)}")
         parts.append(f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
         print(" | ".join(parts), flush=True)
-        with open(self.path, "a") as f:
+        # log.jsonl of a checkpoint directory: log.jsonl.new until an --overwrite run's first save (ckpt.live_log)
+        path = ckpt.live_log(self.path.parent) if self.path.name == ckpt.LOG_FILE else self.path
+        with open(path, "a") as f:
             f.write(json.dumps({"step": step, **{k: _plain(v) for k, v in metrics.items()}}) + "\n")
 
 
@@ -418,6 +424,84 @@ def resume(out_dir, model, optimizer, data_rng: torch.Generator) -> int:
     set_rng_state(state["rng"])
     print(f"resumed {out_dir} at step {state['step']}")
     return state["step"]
+
+
+class Checkpointer:
+    """Periodic saves and exact --resume for one training loop, so the loop itself needs one line.
+
+        def save(metrics, train_state):          # the stage's own checkpoint: weights + config + state
+            common.save_stage(args.out, model, ..., metrics=metrics, train_state=train_state)
+        saver = common.Checkpointer(args, model, save, optimizer=optimizer, data_rng=data_rng)
+        start = saver.start()                    # 0, or where --resume continues
+        log = saver.logger(args.steps)
+        for step in range(start, args.steps):
+            ...
+            saver.step_done(step + 1)            # saves every --save-every steps
+        saver.save(args.steps, final_metrics)
+
+    Exact means bitwise: an interrupted and resumed run ends with the weights of an uninterrupted one. So
+    the train state holds everything the rest of the run depends on -- each named part's state (optimizers'
+    moments, other models, generators' positions, small objects such as an adaptive KL coefficient) and the
+    global random states -- and the log keeps each step once (ckpt.start_log drops the rows logged after the
+    last checkpoint). The model passed first is the one in model.safetensors; it is restored from there.
+    """
+
+    def __init__(self, args, model, save, **parts):
+        self.out, self.model, self.write, self.parts = args.out, model, save, parts
+        self.every, self.stop_at, self.resume = args.save_every, args.stop_at, args.resume
+        self.start_step = 0
+
+    def train_state(self, step: int) -> dict:
+        state = {"step": step, "rng": rng_state()}
+        for name, part in self.parts.items():
+            if isinstance(part, torch.Generator):
+                state[name] = part.get_state()
+            elif hasattr(part, "state_dict"):
+                state[name] = part.state_dict()
+            else:  # a small object of numbers (e.g. an adaptive KL coefficient)
+                state[name] = dict(vars(part))
+        return state
+
+    def start(self) -> int:
+        """Restore everything from the checkpoint in --out when resuming; the step to start at (0 otherwise)."""
+        if not self.resume:
+            return 0
+        state_dict, _ = ckpt.load_checkpoint(self.out)
+        ckpt.load_into(self.model, state_dict, self.out)
+        state = ckpt.load_train_state(self.out)
+        missing = [name for name in ["step", "rng", *self.parts] if name not in state]
+        if missing:
+            raise ckpt.CheckpointError(f"{self.out}/{ckpt.STATE_FILE} lacks {missing}: it was written by another "
+                                       "stage or an older minipost, and cannot continue this run exactly")
+        for name, part in self.parts.items():
+            if isinstance(part, torch.Generator):
+                part.set_state(state[name])
+            elif hasattr(part, "load_state_dict"):
+                part.load_state_dict(state[name])
+            else:
+                vars(part).update(state[name])
+        set_rng_state(state["rng"])
+        self.start_step = state["step"]
+        print(f"resumed {self.out} at step {self.start_step}")
+        return self.start_step
+
+    def logger(self, total: int) -> "StepLogger":
+        """The step log, continued where the checkpoint stopped (each step once), or started afresh."""
+        ckpt.start_log(self.out, self.start_step)
+        return StepLogger(Path(self.out) / ckpt.LOG_FILE, total, append=True)
+
+    def save(self, step: int, metrics: dict):
+        self.write(metrics, self.train_state(step))
+
+    def step_done(self, step: int):
+        """After `step` steps: a checkpoint every --save-every steps. --stop-at (tests) ends the process
+        here as a kill would: nothing saved beyond the periodic checkpoints, no cleanup run."""
+        if self.every > 0 and step % self.every == 0:
+            self.save(step, {})
+        if step == self.stop_at:
+            print(f"stopped at step {step} (--stop-at, as if killed); continue with --resume", flush=True)
+            sys.stderr.flush()
+            os._exit(0)
 
 
 def dropout_off(config: GPTConfig) -> GPTConfig:
