@@ -56,11 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=common.unit_float, default=0.0, help="dropout during pre-training")
     p.add_argument("--log-every", type=common.positive_int, default=25, help="print a log line every N steps")
     p.add_argument("--eval-every", type=common.positive_int, default=250, help="held-out loss every N steps")
-    p.add_argument("--save-every", type=common.positive_int, default=250, help="write a resumable checkpoint every N steps")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
-    p.add_argument("--stop-at", type=int, default=-1, help="stop after this many steps as if interrupted (tests --resume); -1 = never")
-    common.add_common_args(p, out_dir="checkpoints/base")
+    common.add_common_args(p, out_dir="checkpoints/base", save_every=250)
     args = p.parse_args(argv)
     if args.block_size != -1 and args.block_size < MIN_BLOCK:
         p.error(f"--block-size {args.block_size}: must be at least {MIN_BLOCK} tokens (or -1 = the preset's)")
@@ -151,16 +149,14 @@ def main(argv=None):
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
-    start = 0
-    if args.resume:
-        start = common.resume(args.out, model, optimizer, gen)
 
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
-
-    def save(step, metrics):
+    def save(metrics, train_state):
         common.save_stage(args.out, model, stage="base", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, gen),
-                          extra={"world_seed": args.world_seed})
+                          train_state=train_state, extra={"world_seed": args.world_seed})
+
+    saver = common.Checkpointer(args, args.steps, model, save, optimizer=optimizer, data_rng=gen)
+    start = saver.start()
+    log = saver.logger(args.steps)
 
     # ---- the training loop
     model.train()
@@ -189,16 +185,11 @@ def main(argv=None):
             metrics["tok/s"] = tokens_since / dt
             log.log(step, **metrics)
             t_last, tokens_since = time.time(), 0
-        if (step + 1) % args.save_every == 0 and not last:
-            save(step + 1, {})
-        if step + 1 == args.stop_at:
-            save(step + 1, {})
-            print(f"stopped at step {step + 1} (--stop-at); continue with --resume")
-            return
+        saver.step_done(step + 1)
 
     val = held_out_loss(model, val_stream, args, device, dtype)
     metrics = {"val_loss": val, "steps": args.steps}
-    save(args.steps, metrics)
+    saver.save(args.steps, metrics)
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/loss.png", ["loss", "val_loss"], "pre-training (train_base.py)")
     print(f"held-out loss {val:.4f}; wrote {args.out}")
 

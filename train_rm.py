@@ -159,16 +159,16 @@ def main(argv=None):
 
     optimizer = common.make_optimizer(rm, args.lr, args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
-    start = 0
-    if args.resume:
-        start = common.resume(args.out, rm, optimizer, gen)
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
 
-    def save(step, metrics):
+    def save(metrics, train_state):
         common.save_stage(args.out, rm, stage="rm", kind="scalar", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, gen),
+                          train_state=train_state,
                           extra={"init": args.init, "world_seed": init_config.get("world_seed", 0),
                                  "data_stats": {**read_stats, **enc_stats}})
+
+    saver = common.Checkpointer(args, args.steps, rm, save, optimizer=optimizer, data_rng=gen)
+    start = saver.start()
+    log = saver.logger(args.steps)
 
     # ---- the training loop
     rm.train()
@@ -189,6 +189,7 @@ def main(argv=None):
         if val_enc and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
             metrics["val_accuracy"] = pair_accuracy(rm, val_enc, tok.eos_id, device, dtype)
         log.log(step, **metrics)
+        saver.step_done(step + 1)
 
     rm.eval()
     metrics = {"pair_accuracy": pair_accuracy(rm, val_enc, tok.eos_id, device, dtype) if val_enc else None}
@@ -247,7 +248,7 @@ def main(argv=None):
             for x, y, rwd, js in examples[:: max(1, len(examples) // 8)][:8]:
                 print(f"  r {rwd:+.2f} | gold {js:+.2f} | {x!r} -> {y[:90]!r}")
 
-    save(args.steps, metrics)
+    saver.save(args.steps, metrics)
     from minipost import evaluate
 
     evaluate.write_eval(args.out, {"metrics": metrics})

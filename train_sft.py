@@ -141,7 +141,7 @@ def main(argv=None):
         common.save_stage(args.out, model, stage="sft", kind="lm", tokenizer=tok, args=args, metrics=metrics,
                           train_state=train_state, extra={"init": args.init, "data_stats": {**read_stats, **enc_stats}})
 
-    saver = common.Checkpointer(args, model, save, optimizer=optimizer, data_rng=gen)
+    saver = common.Checkpointer(args, args.steps, model, save, optimizer=optimizer, data_rng=gen)
     start = saver.start()
     log = saver.logger(args.steps)
 

@@ -431,7 +431,7 @@ class Checkpointer:
 
         def save(metrics, train_state):          # the stage's own checkpoint: weights + config + state
             common.save_stage(args.out, model, ..., metrics=metrics, train_state=train_state)
-        saver = common.Checkpointer(args, model, save, optimizer=optimizer, data_rng=data_rng)
+        saver = common.Checkpointer(args, args.steps, model, save, optimizer=optimizer, data_rng=data_rng)
         start = saver.start()                    # 0, or where --resume continues
         log = saver.logger(args.steps)
         for step in range(start, args.steps):
@@ -446,8 +446,8 @@ class Checkpointer:
     last checkpoint). The model passed first is the one in model.safetensors; it is restored from there.
     """
 
-    def __init__(self, args, model, save, **parts):
-        self.out, self.model, self.write, self.parts = args.out, model, save, parts
+    def __init__(self, args, total: int, model, save, **parts):
+        self.out, self.total, self.model, self.write, self.parts = args.out, total, model, save, parts
         self.every, self.stop_at, self.resume = args.save_every, args.stop_at, args.resume
         self.start_step = 0
 
@@ -496,7 +496,7 @@ class Checkpointer:
     def step_done(self, step: int):
         """After `step` steps: a checkpoint every --save-every steps. --stop-at (tests) ends the process
         here as a kill would: nothing saved beyond the periodic checkpoints, no cleanup run."""
-        if self.every > 0 and step % self.every == 0:
+        if self.every > 0 and step % self.every == 0 and step < self.total:  # the last save is the stage's own
             self.save(step, {})
         if step == self.stop_at:
             print(f"stopped at step {step} (--stop-at, as if killed); continue with --resume", flush=True)

@@ -5,6 +5,7 @@ exit code -- never a traceback (tracebacks are for bugs). The scripts run in-pro
 import importlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,7 @@ import pytest
 import torch
 
 from minipost import checkpoint as ckpt
-from minipost import common, errors
-from minipost.model import GPT, GPTConfig, GPTScalar
-from minipost.tokenizer import Tokenizer
-
-TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=512, dropout=0.0)
-
+from minipost import errors
 
 class Evil:
     def __reduce__(self):
@@ -26,34 +22,27 @@ class Evil:
 
 
 @pytest.fixture(scope="module")
-def d(tmp_path_factory):
-    """Tiny checkpoints (random weights), broken variants of them, and small data files."""
+def d(tiny_dir, tmp_path_factory):
+    """The shared tiny checkpoints, broken variants of them, and broken data files."""
     d = tmp_path_factory.mktemp("errors")
-    torch.manual_seed(0)
-    tok = Tokenizer(TINY["vocab_size"])
-    lm = GPT(GPTConfig(**TINY))
-    common.save_stage(d / "lm", lm, stage="sft", kind="lm", tokenizer=tok, args=None, metrics={},
-                      train_state={"step": 1})
-    common.save_stage(d / "rm", GPTScalar(GPTConfig(**TINY)), stage="rm", kind="scalar", tokenizer=tok, args=None,
-                      metrics={})
+    for name in ("lm", "rm"):
+        shutil.copytree(tiny_dir / name, d / name)
+    shutil.copy(tiny_dir / "demos.jsonl", d / "demos.jsonl")
     broken = {"n_head3": lambda c: c["model"].update(n_head=3),
               "misspelt": lambda c: c["model"].update(n_layr=c["model"].pop("n_layer")),
               "no_model_section": lambda c: c.pop("model"),
               "vocab_out_of_range": lambda c: c["tokenizer"].update(vocab_size=10**6)}
     for name, edit in broken.items():
-        common.save_stage(d / name, lm, stage="sft", kind="lm", tokenizer=tok, args=None, metrics={})
+        shutil.copytree(d / "lm", d / name)
         config = json.loads((d / name / "config.json").read_text())
         edit(config)
         (d / name / "config.json").write_text(json.dumps(config))
     # a checkpoint whose (hash-consistent) train state is a pickle that would run code
-    common.save_stage(d / "evil_state", lm, stage="sft", kind="lm", tokenizer=tok, args=None, metrics={},
-                      train_state={"step": 1})
+    shutil.copytree(d / "lm", d / "evil_state")
     torch.save({"step": 1, "x": Evil()}, d / "evil_state" / "train_state.pt")
     config = json.loads((d / "evil_state" / "config.json").read_text())
     config["files"]["train_state.pt"] = ckpt._sha256_file(d / "evil_state" / "train_state.pt")
     (d / "evil_state" / "config.json").write_text(json.dumps(config))
-    (d / "demos.jsonl").write_text("".join(json.dumps({"prompt": f"Say {i}.", "response": f"{i}"}) + "\n"
-                                           for i in range(8)))
     (d / "deep.jsonl").write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     (d / "folder.jsonl").mkdir()
     (d / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": 3}\n')
