@@ -310,31 +310,19 @@ def main(argv=None):
     kl_ctl = AdaptiveKL(args.kl_coef, args.target_kl, args.kl_horizon)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     sample_gen = torch.Generator(device=device).manual_seed(args.seed)
-    start = 0
-    if args.resume:
-        sd, _ = ckpt.load_checkpoint(args.out)
-        ckpt.load_into(policy, sd, args.out)
-        state = ckpt.load_train_state(args.out)
-        vsd = {k.removeprefix("value."): v for k, v in state["value_model"].items()}
-        value_model.load_state_dict(vsd)
-        opt_pi.load_state_dict(state["opt_pi"])
-        opt_v.load_state_dict(state["opt_v"])
-        gen.set_state(state["data_rng"])
-        sample_gen.set_state(state["sample_rng"])
-        kl_ctl.beta = state["beta"]
-        common.set_rng_state(state["rng"])
-        start = state["iteration"]
-        print(f"resumed {args.out} at iteration {start}")
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.iterations, append=args.resume)
 
-    def save(iteration, metrics):
+    def save(metrics, train_state):
         common.save_stage(args.out, policy, stage="ppo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state={"opt_pi": opt_pi.state_dict(), "opt_v": opt_v.state_dict(), "iteration": iteration,
-                                       "value_model": value_model.state_dict(), "data_rng": gen.get_state(),
-                                       "sample_rng": sample_gen.get_state(), "beta": kl_ctl.beta, "rng": common.rng_state()},
+                          train_state=train_state,
                           extra={"init": args.init, "rm": args.rm, "world_seed": init_config.get("world_seed", 0)})
 
-    grad_step = 0
+    saver = common.Checkpointer(args, args.iterations, policy, save, opt_pi=opt_pi, opt_v=opt_v, value_model=value_model,
+                                data_rng=gen, sample_rng=sample_gen, kl_ctl=kl_ctl)
+    start = saver.start()
+    log = saver.logger(args.iterations)
+
+    minibatches = args.ppo_epochs * len(range(0, args.batch_size, args.minibatch_size))  # gradient steps per iteration
+    grad_step = start * minibatches  # a resumed run continues the learning-rate warmup where it was
     for it in range(start, args.iterations):
         t0 = time.time()
         picks = torch.randint(0, len(prompts), (args.batch_size,), generator=gen).tolist()
@@ -405,10 +393,11 @@ def main(argv=None):
         metrics["rollout_s"] = t_roll
         metrics["iter_s"] = time.time() - t0
         log.log(it, **metrics)
+        saver.step_done(it + 1)
 
     policy.eval()
     final = {"iterations": args.iterations, "beta": kl_ctl.beta}
-    save(args.iterations, final)
+    saver.save(args.iterations, final)
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png",
                     ["rm_score", "gold_score", "kl", "entropy", "clipfrac", "length"], "PPO (train_ppo.py)")
     print(f"wrote {args.out}")
@@ -430,10 +419,7 @@ def main(argv=None):
         evaluate.print_samples(result, n=2, title="PPO model, held-out prompts (greedy)")
         evaluate.print_metrics(result["metrics"], "PPO evaluation")
         evaluate.write_eval(args.out, result)
-        common.save_stage(args.out, policy, stage="ppo", kind="lm", tokenizer=tok, args=args,
-                          metrics={**final, **result["metrics"]},
-                          train_state=ckpt.load_train_state(args.out),
-                          extra={"init": args.init, "rm": args.rm, "world_seed": init_config.get("world_seed", 0)})
+        saver.save(args.iterations, {**final, **result["metrics"]})  # the same weights, with their evaluation
 
 
 if __name__ == "__main__":
