@@ -85,7 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--sweep-steps", type=common.positive_int, default=60, help="steps of each sweep run")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
-    common.add_common_args(p, out_dir="checkpoints/dpo")
+    common.add_common_args(p, out_dir="checkpoints/dpo", save_every=200)
     args = p.parse_args(argv)
     if args.policy_samples < 2:
         p.error(f"--policy-samples must be >= 2 (a pair needs two samples), got {args.policy_samples}")
@@ -172,11 +172,16 @@ def heldout_accuracy(policy, ref_lp, pairs, eos_id, device, dtype, batch_size=64
 # One training run (the main run and each beta of a sweep)
 
 
-def train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, steps, device, dtype, log):
+def train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, steps, device, dtype, save=None):
+    """DPO steps on `policy`; returns (the last step's metrics, the run's Checkpointer). The main run saves
+    (save(metrics, train_state)) every --save-every steps and resumes; the sweep's runs (save=None) do neither."""
     optimizer = common.make_optimizer(policy, args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
+    saver = common.Checkpointer(args, steps, policy, save, optimizer=optimizer, data_rng=gen)
+    start = saver.start()
+    log = saver.logger(steps)
     policy.train()  # dropout is off (load_model), so train mode changes nothing in the forward pass
-    for step in range(steps):
+    for step in range(start, steps):
         t0 = time.time()
         lr = common.lr_at(step, steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
@@ -225,8 +230,9 @@ def train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, 
             policy.train()
         if log is not None:
             log.log(step, **metrics)
+        saver.step_done(step + 1)
     policy.eval()
-    return metrics
+    return metrics, saver
 
 
 # -----------------------------------------------------------------------------
@@ -237,9 +243,7 @@ def main(argv=None):
     device = common.pick_device(args.device)
     dtype, why = common.pick_dtype(device, args.dtype)
     try:
-        if args.resume:
-            raise SystemExit("error: train_dpo.py does not resume (a run takes about a minute); rerun with --overwrite")
-        ckpt.prepare_output_dir(args.out, resume=False, overwrite=args.overwrite)
+        ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         policy, tok, init_config = common.load_model(args.init, device)
         ref, _, _ = common.load_model(args.init, device)
     except ckpt.CheckpointError as e:
@@ -276,8 +280,12 @@ def main(argv=None):
     print(f"reference log-probs computed in {time.time() - t0:.1f}s")
 
     # ---- train
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps)
-    last = train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, args.beta, args.steps, device, dtype, log)
+    def save(metrics, train_state):
+        common.save_stage(args.out, policy, stage="dpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
+                          train_state=train_state, extra={"init": args.init, "world_seed": init_config.get("world_seed", 0)})
+
+    last, saver = train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, args.beta, args.steps, device, dtype,
+                        save)
     metrics = {"val_accuracy": last.get("val_accuracy"), "steps": args.steps, "beta": args.beta, "loss": args.loss}
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png",
                     ["loss", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected", "val_accuracy"], "DPO (train_dpo.py)")
@@ -301,8 +309,7 @@ def main(argv=None):
         evaluate.print_samples(result, n=2, title="DPO model, held-out prompts (greedy)")
         evaluate.print_metrics(result["metrics"], "DPO evaluation")
         metrics.update(result["metrics"])
-    common.save_stage(args.out, policy, stage="dpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                      extra={"init": args.init, "world_seed": init_config.get("world_seed", 0)})
+    saver.save(args.steps, metrics)
     if result is not None:
         evaluate.write_eval(args.out, result)
     print(f"wrote {args.out}")
@@ -314,7 +321,7 @@ def main(argv=None):
         rows = []
         for beta in args.sweep:
             pol, _, _ = common.load_model(args.init, device)
-            last = train(pol, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, args.sweep_steps, device, dtype, None)
+            last, _ = train(pol, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, args.sweep_steps, device, dtype)
             res = evaluate.evaluate_model(pol, tok, world, device=device, dtype=dtype, refs={"sft": ref},
                                           ref_results=ref_results, seed=args.seed, limit=args.eval_limit)
             m = res["metrics"]

@@ -88,7 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
-    common.add_common_args(p, out_dir="checkpoints/ppo")
+    common.add_common_args(p, out_dir="checkpoints/ppo", save_every=50)
     args = p.parse_args(argv)
     if args.batch_size % args.minibatch_size:
         p.error(f"--minibatch-size {args.minibatch_size} must divide --batch-size {args.batch_size}")

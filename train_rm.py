@@ -65,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--agreement-rounds", type=common.positive_int, default=2, help="pairs of SFT samples per held-out prompt for judge agreement")
     p.add_argument("--skip-eval", action="store_true", help="skip normalization samples and judge agreement (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="judge agreement on this many held-out prompts; 0 = all")
-    common.add_common_args(p, out_dir="checkpoints/rm")
+    common.add_common_args(p, out_dir="checkpoints/rm", save_every=200)
     args = p.parse_args(argv)
     if args.policy_samples < 2:
         p.error(f"--policy-samples must be >= 2 (a pair needs two samples), got {args.policy_samples}")

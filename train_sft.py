@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
-    common.add_common_args(p, out_dir="checkpoints/sft")
+    common.add_common_args(p, out_dir="checkpoints/sft", save_every=200)
     args = p.parse_args(argv)
     if args.micro_batch_size == -1:
         args.micro_batch_size = args.batch_size

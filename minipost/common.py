@@ -444,6 +444,7 @@ class Checkpointer:
     moments, other models, generators' positions, small objects such as an adaptive KL coefficient) and the
     global random states -- and the log keeps each step once (ckpt.start_log drops the rows logged after the
     last checkpoint). The model passed first is the one in model.safetensors; it is restored from there.
+    save=None: a run that neither saves, resumes nor logs (DPO's short beta-sweep runs).
     """
 
     def __init__(self, args, total: int, model, save, **parts):
@@ -464,7 +465,7 @@ class Checkpointer:
 
     def start(self) -> int:
         """Restore everything from the checkpoint in --out when resuming; the step to start at (0 otherwise)."""
-        if not self.resume:
+        if not self.resume or self.write is None:
             return 0
         state_dict, _ = ckpt.load_checkpoint(self.out)
         ckpt.load_into(self.model, state_dict, self.out)
@@ -485,18 +486,21 @@ class Checkpointer:
         print(f"resumed {self.out} at step {self.start_step}")
         return self.start_step
 
-    def logger(self, total: int) -> "StepLogger":
+    def logger(self, total: int) -> "StepLogger | None":
         """The step log, continued where the checkpoint stopped (each step once), or started afresh."""
+        if self.write is None:
+            return None
         ckpt.start_log(self.out, self.start_step)
         return StepLogger(Path(self.out) / ckpt.LOG_FILE, total, append=True)
 
     def save(self, step: int, metrics: dict):
-        self.write(metrics, self.train_state(step))
+        if self.write is not None:
+            self.write(metrics, self.train_state(step))
 
     def step_done(self, step: int):
         """After `step` steps: a checkpoint every --save-every steps. --stop-at (tests) ends the process
         here as a kill would: nothing saved beyond the periodic checkpoints, no cleanup run."""
-        if self.every > 0 and step % self.every == 0 and step < self.total:  # the last save is the stage's own
+        if self.write is not None and self.every > 0 and step % self.every == 0 and step < self.total:  # the last save is the stage's own
             self.save(step, {})
         if step == self.stop_at:
             print(f"stopped at step {step} (--stop-at, as if killed); continue with --resume", flush=True)

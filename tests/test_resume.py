@@ -65,3 +65,10 @@ def test_ppo_resume_is_exact(tiny_dir, tmp_path):
             "--iterations", "5", "--batch-size", "4", "--minibatch-size", "2", "--ppo-epochs", "1",
             "--max-new-tokens", "4", "--warmup", "6", "--skip-eval", "--dtype", "fp32", "--device", "cpu"]
     assert_resume_is_exact("train_ppo", argv, tmp_path, total=5)
+
+
+def test_dpo_resume_is_exact(tiny_dir, tmp_path):
+    argv = ["--init", tiny_dir / "lm", "--base", "", "--data", tiny_dir / "pairs.jsonl", "--steps", "5",
+            "--batch-size", "2", "--policy-pairs", "0", "--holdout", "0.2", "--eval-every", "2", "--skip-eval",
+            "--dtype", "fp32", "--device", "cpu"]
+    assert_resume_is_exact("train_dpo", argv, tmp_path, total=5)
