@@ -408,24 +408,6 @@ def save_stage(out_dir, model, *, stage: str, kind: str, tokenizer: Tokenizer, a
     ckpt.save_checkpoint(out_dir, model, config, train_state)
 
 
-def train_state(optimizer, step: int, data_rng: torch.Generator) -> dict:
-    """What --resume needs besides the weights: optimizer moments, step, data order and random states."""
-    return {"optimizer": optimizer.state_dict(), "step": step, "data_rng": data_rng.get_state(), "rng": rng_state()}
-
-
-def resume(out_dir, model, optimizer, data_rng: torch.Generator) -> int:
-    """Restore weights, optimizer, data order and random states from `out_dir`; return the step to start at.
-    Every piece is restored exactly, so a resumed run is bitwise the uninterrupted one."""
-    state_dict, _ = ckpt.load_checkpoint(out_dir)
-    ckpt.load_into(model, state_dict, out_dir)
-    state = ckpt.load_train_state(out_dir)
-    optimizer.load_state_dict(state["optimizer"])
-    data_rng.set_state(state["data_rng"])
-    set_rng_state(state["rng"])
-    print(f"resumed {out_dir} at step {state['step']}")
-    return state["step"]
-
-
 class Checkpointer:
     """Periodic saves and exact --resume for one training loop, so the loop itself needs one line.
 

@@ -47,10 +47,20 @@ def assert_resume_is_exact(script, argv, out, total, kill_at=3, every=2):
     return a
 
 
-def test_sft_resume_is_exact(tiny_dir, tmp_path):
+def test_sft_resume_is_exact_and_a_killed_overwrite_keeps_the_old_run(tiny_dir, tmp_path):
     argv = ["--init", tiny_dir / "lm", "--data", tiny_dir / "demos.jsonl", "--steps", "5", "--batch-size", "2",
             "--holdout", "0.2", "--eval-every", "2", "--skip-eval", "--dtype", "fp32", "--device", "cpu"]
-    assert_resume_is_exact("train_sft", argv, tmp_path, total=5)
+    weights = assert_resume_is_exact("train_sft", argv, tmp_path, total=5)
+    # an --overwrite run killed before its first save: the old checkpoint AND its log are still there
+    out = tmp_path / "straight"
+    argv = argv + ["--out", out, "--overwrite", "--lr", "1e-2", "--stop-at", "2"]
+    assert run_killed("train_sft", argv) == 0
+    kept, _ = read_safetensors(out / "model.safetensors")
+    assert all(torch.equal(kept[k], weights[k]) for k in weights) and logged_steps(out) == list(range(5))
+    run_main("train_sft", argv[:-2])  # the next run cleans the dead one's pending log and replaces both
+    assert logged_steps(out) == list(range(5)) and not (out / "log.jsonl.new").exists()
+    new, _ = read_safetensors(out / "model.safetensors")
+    assert not torch.equal(new["transformer.wte.weight"], weights["transformer.wte.weight"])
 
 
 def test_rm_resume_is_exact(tiny_dir, tmp_path):
