@@ -419,14 +419,23 @@ def start_log(out_dir, start_step: int) -> Path:
     out_dir = Path(out_dir)
     log = out_dir / LOG_FILE
     if start_step > 0:
-        rows = [line for line in log.read_text(encoding="utf-8").splitlines(keepends=True)
-                if line.strip() and json.loads(line).get("step", 0) < start_step] if log.exists() else []
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.exists() else []
+        rows = [line + "\n" for line in lines if _logged_step(line) < start_step]
         atomic_write_bytes(log, "".join(rows).encode("utf-8"))
         return log
     target = _pending(log) if has_checkpoint(out_dir) else log
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"")
     return target
+
+
+def _logged_step(line: str) -> float:
+    """The step of one log.jsonl row; inf for a row to drop (blank, or torn by a kill in mid-write)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return math.inf
+    return step if isinstance(step, int) else math.inf
 
 
 # The last checkpoint this process saved, for the one-line message after Ctrl-C.

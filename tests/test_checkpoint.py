@@ -481,7 +481,9 @@ def test_resumed_log_has_every_step_once(tmp_path):
     ck.start_log(out, 0)
     append_rows(out, range(4))
     ck.save_checkpoint(out, Tiny(), {"step": 4})
-    append_rows(out, range(4, 7))  # saved after 4 steps, killed after logging step 6
+    append_rows(out, range(4, 7))  # saved after 4 steps, killed while logging step 7: a torn last line
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')
     assert ck.start_log(out, 4) == out / "log.jsonl"
     append_rows(out, range(4, 9))
     assert logged_steps(out) == list(range(9))
