@@ -310,7 +310,9 @@ def main(argv=None):
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         policy, tok, init_config = common.load_model(args.init, device)
         ref, _, _ = common.load_model(args.init, device)
-        rm, _, _ = common.load_model(args.rm, device, kind="scalar")
+        rm, _, rm_config = common.load_model(args.rm, device, kind="scalar")
+        if args.reward == "rm" and rm_config.get("kind") != "scalar":  # a language model: a random reward head
+            raise ckpt.CheckpointError(f"--rm {args.rm} holds a language model, not a reward model (train_rm.py)")
         value_model, _, _ = common.load_model(args.rm, device, kind="scalar")
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")

@@ -82,6 +82,8 @@ CASES = [
     ("chat", ["--model", "{d}/no_model_section", "--prompt", "hi"], 1, "{d}/no_model_section/config.json: missing field 'model'"),
     ("chat", ["--model", "{d}/vocab_out_of_range", "--prompt", "hi"], 1, "{d}/vocab_out_of_range/config.json: vocab_size"),
     ("chat", ["--model", "{d}/rm", "--prompt", "hi"], 1, "{d}/rm holds a scalar model, a language model is needed"),
+    ("train_ppo", ["--init", "{d}/lm", "--rm", "{d}/lm", "--out", "{d}/o7", "--skip-eval"], 1,
+     "--rm {d}/lm holds a language model, not a reward model"),
     ("train_sft", ["--init", "{d}/lm", "--out", "{d}/evil_state", "--resume", "--data", "{d}/demos.jsonl"] + SFT, 1,
      "{d}/evil_state/train_state.pt: cannot load train state with weights_only=True"),
     ("train_sft", ["--init", "{d}/lm", "--out", "{d}/o3", "--data", "{d}/deep.jsonl"] + SFT, 1,
