@@ -13,6 +13,7 @@ stages wrote.
 """
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -54,6 +55,14 @@ def stages(ck: str, micro: bool):
     ]
 
 
+def unfinished_step(out) -> int | None:
+    """The step of the mid-run checkpoint in `out` (a stage killed after a periodic save), or None."""
+    try:
+        return json.loads((Path(out) / "config.json").read_text())["metrics"].get("unfinished_at_step")
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", default="checkpoints", help="where every stage writes")
@@ -73,10 +82,13 @@ def main(argv=None):
     for i, (name, script, stage_args, out) in enumerate(plan, 1):
         if only and name not in only:
             continue
-        if has_checkpoint(out) and name not in redo and (Path(out) / "log.jsonl").exists():
+        unfinished = unfinished_step(out)
+        if has_checkpoint(out) and name not in redo and unfinished is None and (Path(out) / "log.jsonl").exists():
             print(f"[{i}/{len(plan)}] {name}: reusing {out} (pass --redo {name} to run it again)", flush=True)
             continue
-        cmd = [sys.executable, str(HERE / script), "--out", out, "--overwrite"] + stage_args
+        # a stage killed after a periodic checkpoint continues from it (exactly: --resume), unless redone
+        keep = "--resume" if unfinished is not None and name not in redo else "--overwrite"
+        cmd = [sys.executable, str(HERE / script), "--out", out, keep] + stage_args
         if args.device:
             cmd += ["--device", args.device]
         print(f"[{i}/{len(plan)}] {name}: {' '.join([script] + cmd[2:])}", flush=True)

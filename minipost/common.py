@@ -479,7 +479,7 @@ class Checkpointer:
         here as a kill would: nothing saved beyond the periodic checkpoints, no cleanup run."""
         # (the last step's save is the stage's own, with its final metrics)
         if self.write is not None and self.every > 0 and step % self.every == 0 and step < self.total:
-            self.save(step, {})
+            self.save(step, {"unfinished_at_step": step})  # what config.json says of a mid-run checkpoint
         if step == self.stop_at:
             print(f"stopped at step {step} (--stop-at, as if killed); continue with --resume", flush=True)
             sys.stderr.flush()

@@ -149,6 +149,10 @@ def test_pipeline_finds_its_stages_from_another_directory(tmp_path, monkeypatch)
     monkeypatch.setattr(subprocess, "run", lambda cmd: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     monkeypatch.setattr("minipost.report.build_report", lambda d: Path(d) / "report.md")
     monkeypatch.chdir(tmp_path)
+    # base was killed after a periodic checkpoint: the pipeline continues it instead of starting over
+    ckpt.save_checkpoint(tmp_path / "checkpoints" / "base", torch.nn.Linear(2, 2),
+                         {"metrics": {"unfinished_at_step": 10}}, train_state={"step": 10})
     importlib.import_module("pipeline").main(["--micro", "--only", "base,sft"])
     scripts = [Path(cmd[1]) for cmd in commands]
     assert [s.name for s in scripts] == ["train_base.py", "train_sft.py"] and all(s.is_file() for s in scripts)
+    assert "--resume" in commands[0] and "--overwrite" in commands[1]
