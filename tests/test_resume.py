@@ -82,3 +82,24 @@ def test_dpo_resume_is_exact(tiny_dir, tmp_path):
             "--batch-size", "2", "--policy-pairs", "0", "--holdout", "0.2", "--eval-every", "2", "--skip-eval",
             "--dtype", "fp32", "--device", "cpu"]
     assert_resume_is_exact("train_dpo", argv, tmp_path, total=5)
+
+
+def test_ctrl_c_names_the_last_periodic_checkpoint(tiny_dir, tmp_path, capsys, monkeypatch):
+    from minipost import common, errors
+
+    real_check = common.check_finite
+
+    def ctrl_c_at_step_4(loss, step, what="loss"):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_check(loss, step, what)
+
+    monkeypatch.setattr(common, "check_finite", ctrl_c_at_step_4)
+    argv = ["--init", tiny_dir / "lm", "--data", tiny_dir / "demos.jsonl", "--steps", "8", "--batch-size", "2",
+            "--save-every", "3", "--skip-eval", "--device", "cpu", "--out", tmp_path / "run"]
+    with pytest.raises(SystemExit) as e:
+        errors.run(importlib.import_module("train_sft").main, [str(a) for a in argv])
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted: the last checkpoint is {tmp_path / 'run'} (step 3, saved "
+                                               "by this run); continue it with --resume")
+    assert logged_steps(tmp_path / "run") == [0, 1, 2, 3]
