@@ -195,7 +195,7 @@ def read_safetensors(path):
                                   "left in the file (truncated or not a safetensors file)")
         try:
             header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise CheckpointError(f"{path}: header is not valid JSON ({e})") from e
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: header is a JSON {type(header).__name__}, not an object")
@@ -492,7 +492,7 @@ def _read_config(ckpt_dir):
         raise CheckpointError(f"{path} is missing (incomplete checkpoint?)")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(config, dict) or not isinstance(config.get("files"), dict):
         raise CheckpointError(f"{path} has no 'files' record of hashes (not a minipost checkpoint?)")

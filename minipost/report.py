@@ -46,10 +46,15 @@ def _stage_eval(stage_dir: Path, refused: list) -> tuple[dict | None, list]:
     """(eval.json, samples.jsonl rows) of a stage, if they were written for the weights now in its checkpoint.
     Results of other weights (a stage rerun without evaluating, files copied by hand) are refused: the reason
     goes into `refused` and is printed, and the stage counts as not evaluated."""
-    ev = _read_json(stage_dir / "eval.json")
-    if ev is None:
-        return None, []
-    why = stamp_mismatch(stage_dir, ev.get("written_for"))
+    try:
+        ev = _read_json(stage_dir / "eval.json")
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        ev, why = {}, f"it is not valid JSON ({e})"
+    else:
+        if ev is None:
+            return None, []
+        why = (stamp_mismatch(stage_dir, ev.get("written_for")) if isinstance(ev, dict)
+               else "it is not a JSON object")
     if why is not None:
         refused.append(f"{stage_dir / 'eval.json'}: {why}; rerun the stage's evaluation")
         print(f"report: ignoring {refused[-1]}")

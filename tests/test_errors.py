@@ -37,6 +37,8 @@ def d(tiny_dir, tmp_path_factory):
         config = json.loads((d / name / "config.json").read_text())
         edit(config)
         (d / name / "config.json").write_text(json.dumps(config))
+    shutil.copytree(d / "lm", d / "deep_config")
+    (d / "deep_config" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     # a checkpoint whose (hash-consistent) train state is a pickle that would run code
     shutil.copytree(d / "lm", d / "evil_state")
     torch.save({"step": 1, "x": Evil()}, d / "evil_state" / "train_state.pt")
@@ -82,6 +84,7 @@ CASES = [
     ("chat", ["--model", "{d}/no_model_section", "--prompt", "hi"], 1, "{d}/no_model_section/config.json: missing field 'model'"),
     ("chat", ["--model", "{d}/vocab_out_of_range", "--prompt", "hi"], 1, "{d}/vocab_out_of_range/config.json: vocab_size"),
     ("chat", ["--model", "{d}/rm", "--prompt", "hi"], 1, "{d}/rm holds a scalar model, a language model is needed"),
+    ("chat", ["--model", "{d}/deep_config", "--prompt", "hi"], 1, "{d}/deep_config/config.json: invalid JSON"),
     ("train_ppo", ["--init", "{d}/lm", "--rm", "{d}/lm", "--out", "{d}/o7", "--skip-eval"], 1,
      "--rm {d}/lm holds a language model, not a reward model"),
     ("train_sft", ["--init", "{d}/lm", "--out", "{d}/evil_state", "--resume", "--data", "{d}/demos.jsonl"] + SFT, 1,

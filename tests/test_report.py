@@ -226,6 +226,8 @@ def test_report_refuses_evaluations_of_other_weights(tmp_path):
     report = build_report(d).read_text()
     assert f"Refused: {d / 'sft' / 'eval.json'}: it was written for other weights (sha256 000000000000..." in report
     assert "| answers in the assistant format | 50% |\n" in report  # base only
+    (d / "sft" / "eval.json").write_text("[" * 100_000)  # corrupt, and nested too deeply for the parser
+    assert f"Refused: {d / 'sft' / 'eval.json'}: it is not valid JSON" in build_report(d).read_text()
     # samples.jsonl edited after eval.json vouched for it
     (d / "base" / "samples.jsonl").write_text("")
     assert f"{d / 'base' / 'eval.json'}: samples.jsonl is missing or was changed" in build_report(d).read_text()
