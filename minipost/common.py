@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
 from minipost import data
-from minipost.model import GPT, OFFICIAL, GPTConfig, GPTScalar, config_from_preset
+from minipost.download import DownloadError
+from minipost.model import GPT, OFFICIAL, GPTConfig, GPTScalar, config_from_preset, is_pretrained_source
 from minipost.tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -307,14 +308,18 @@ def plot_log(log_path, png_path, keys: list[str], title: str):
 
 
 def load_model(source: str, device="cpu", kind: str | None = None):
-    """(model, tokenizer, config) from a checkpoint directory, or official GPT-2 weights by name.
+    """(model, tokenizer, config) from a checkpoint directory, or GPT-2 weights in Hugging Face's layout
+    (an official name, a save_pretrained directory, a .safetensors file: whatever GPT.from_pretrained reads).
 
     A checkpoint's config.json says whether it holds a language model ("lm") or a scalar model
     ("scalar": reward / value). `kind="scalar"` on an lm checkpoint builds a scalar model whose
     backbone is the lm's (how the reward model starts from SFT).
     """
-    if source in OFFICIAL and not ckpt.has_checkpoint(source):
-        model = GPT.from_pretrained(source)
+    if is_pretrained_source(source):  # official weights by name, a save_pretrained directory, a .safetensors file
+        try:
+            model = GPT.from_pretrained(source)
+        except (DownloadError, FileNotFoundError, ValueError) as e:  # offline, no safetensors, a foreign config
+            raise ckpt.CheckpointError(str(e)) from e
         config = {"stage": "pretrained", "kind": "lm", "model": model.config.to_dict(),
                   "tokenizer": {"vocab_size": model.config.vocab_size}, "init": source}
         tok = Tokenizer(model.config.vocab_size)
