@@ -111,14 +111,28 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> tuple[torch.dtype, str]:
-    """(autocast dtype, reason). fp32 weights always; bf16 only as autocast for matmuls."""
+    """(autocast dtype, reason). fp32 weights always; bf16 only as autocast for matmuls.
+
+    On CUDA, "auto" means bf16 only where the GPU computes it natively (compute capability 8.0+: A100, RTX 30xx,
+    H100, ...). A T4 or V100 emulates bf16 (torch reports it "supported"), which is slower than fp32; there
+    we stay in fp32. fp32 matmuls on CUDA use TF32 tensor cores where the GPU has them (Ampere+): a 10-bit
+    mantissa inside the matmul, fp32 everywhere else -- the precision PyTorch calls "high".
+    """
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; no effect on older GPUs
+        major, minor = torch.cuda.get_device_capability(device)
+        native = major >= 8
+        if requested == "fp32":
+            return torch.float32, "fp32 as requested" + (" (TF32 matmuls)" if native else "")
+        if requested == "bf16":
+            return torch.bfloat16, "bf16 autocast as requested" + ("" if native else
+                                                                   f" (emulated on compute capability {major}.{minor}: slow)")
+        if native:
+            return torch.bfloat16, f"bf16 autocast: native on this GPU (compute capability {major}.{minor})"
+        return torch.float32, (f"fp32: compute capability {major}.{minor} has no native bf16 "
+                               f"(emulated bf16 is slower than fp32)")
     if requested == "fp32":
         return torch.float32, "fp32 as requested"
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        if requested == "bf16" or ok:
-            return torch.bfloat16, "bf16 autocast: CUDA device supports bf16" if ok else "bf16 as requested"
-        return torch.float32, "fp32: this GPU has no bf16"
     if device.type == "cpu":
         if requested == "bf16":
             return torch.bfloat16, "bf16 autocast as requested"

@@ -289,3 +289,25 @@ def test_offline_errors_are_one_line_naming_every_file(tmp_path, offline_env):
     err = proc.stderr.strip()
     assert proc.returncode != 0 and "Traceback" not in err and "\n" not in err, err
     assert "these 2 files" in err
+
+
+# -----------------------------------------------------------------------------
+# dtype per GPU (the GPU is faked: only the capability query and the TF32 switch are replaced)
+
+
+@pytest.mark.parametrize("capability, requested, dtype, reason", [
+    ((7, 5), "auto", torch.float32, "compute capability 7.5 has no native bf16"),  # T4: emulated bf16 is slow
+    ((7, 0), "auto", torch.float32, "compute capability 7.0 has no native bf16"),  # V100
+    ((8, 0), "auto", torch.bfloat16, "native on this GPU (compute capability 8.0)"),  # A100
+    ((9, 0), "fp32", torch.float32, "fp32 as requested (TF32 matmuls)"),  # H100 in fp32: TF32 matmuls
+    ((7, 5), "bf16", torch.bfloat16, "emulated on compute capability 7.5: slow"),  # asked for: done, with a warning
+])
+def test_dtype_auto_picks_native_bf16_only(monkeypatch, capability, requested, dtype, reason):
+    from minipost import common
+
+    precision = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", precision.append)
+    got, why = common.pick_dtype(torch.device("cuda"), requested)
+    assert got == dtype and reason in why
+    assert precision == ["high"]  # TF32 for fp32 matmuls, wherever the GPU has it
