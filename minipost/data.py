@@ -579,6 +579,15 @@ def split_holdout(items: list, frac: float = 0.05, seed: int = 0) -> tuple[list,
     return ([x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held])
 
 
+def fixed_subset(items: list, n: int) -> list:
+    """At most n items spread evenly over the list (every k-th), the same ones on every call: a held-out
+    evaluation that costs the same however large the held-out split is, and compares like with like
+    from one evaluation to the next. n <= 0 means all items."""
+    if n <= 0 or len(items) <= n:
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(n)]
+
+
 # -----------------------------------------------------------------------------
 # 3. Tokens and batches
 

@@ -14,7 +14,7 @@ import socket
 
 import minipost.data as data
 from minipost.data import (DataError, batches, collate, data_fingerprint, encode_example, encode_examples,
-                           encode_pairs, encode_prompts, last_token_index, load_pairs, load_prompts, load_sft,
+                           encode_pairs, encode_prompts, fixed_subset, last_token_index, load_pairs, load_prompts, load_sft,
                            read_records, render_conversation, split_hh, split_holdout)
 from minipost.download import git_blob_sha1_of, sha256_of
 from minipost.tokenizer import Tokenizer, chat_prompt
@@ -479,6 +479,11 @@ def test_last_token_index_pitfall_and_bad_input():
 
 # -----------------------------------------------------------------------------
 # splitting and batching
+
+def test_fixed_subset_spreads_over_the_list():
+    assert fixed_subset(list(range(10)), 4) == [0, 2, 5, 7]  # i * 10 // 4 for i = 0..3
+    assert fixed_subset(list(range(10)), 0) == list(range(10)) and fixed_subset([1, 2], 5) == [1, 2]
+
 
 def test_split_holdout_is_deterministic_and_disjoint():
     items = list(range(100))
