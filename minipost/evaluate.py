@@ -495,9 +495,9 @@ def write_side_by_side(out_dir, rows: list[dict], title: str, show: int = 4, wid
     for row in rows[:show]:
         prompt = row["prompt"]
         print(f"prompt: {'...' if len(prompt) > width else ''}{prompt[-width:]!r}")
-        for name, answer in row.items():
+        for name, value in row.items():
             if name != "prompt":
-                print(f"  {name:>6}: {answer[:width]!r}")
+                print(f"  {name:>6}: {value[:width]!r}" if isinstance(value, str) else f"  {name:>6}: {value}")
     atomic_write_bytes(Path(out_dir) / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
