@@ -119,19 +119,6 @@ def heldout_accuracy(rm, pairs, eos_id, device, dtype) -> float:
     return accuracy
 
 
-@torch.no_grad()
-def raw_rewards(rm, tok, prompts: list[list[int]], responses: list[list[int]], ended: list[bool], device,
-                dtype) -> torch.Tensor:
-    """Rewards (B,) of responses (token lists without EOS) to prompts (token ids, templated)."""
-    seqs = [(ids + toks + ([tok.eos_id] if eos else []), len(ids)) for ids, toks, eos in zip(prompts, responses, ended)]
-    out = []
-    for i in range(0, len(seqs), 64):
-        batch = {k: v.to(device) for k, v in data.collate(seqs[i : i + 64], tok.eos_id).items()}
-        with common.autocast(device, dtype):
-            out.append(rm.score(batch["input_ids"], batch["attention_mask"]).float())
-    return torch.cat(out)
-
-
 # -----------------------------------------------------------------------------
 
 
@@ -230,7 +217,7 @@ def main(argv=None):
             norm_prompts = [list(ids[-room:]) for ids in data.fixed_subset(unique, args.norm_samples)]
         _, toks, ended = evaluate.generate_from_ids(policy, tok, norm_prompts, device=device, dtype=dtype,
                                                     temperature=1.0, generator=sample_rng)
-        r = raw_rewards(rm, tok, norm_prompts, toks, ended, device, dtype)
+        r = evaluate.rewards_of(rm, tok, norm_prompts, toks, ended, device, dtype)
         shift = rm.reward_shift + r.mean() * rm.reward_scale  # undo the current normalization, then set the new one
         scale = rm.reward_scale * r.std().clamp(min=1e-6)
         rm.reward_shift.copy_(shift)
@@ -241,12 +228,10 @@ def main(argv=None):
 
         # ---- real data: the policy's answers to fixed held-out prompts, with their (normalized) reward
         if args.data != "world" and args.samples and val_enc:
-            held = [tuple(p.chosen[: p.n_prompt]) for p in val_enc]
-            sample_ids = [list(ids[-room:]) for ids in data.fixed_subset(list(dict.fromkeys(held)), args.samples)]
-            texts, toks, ended = evaluate.generate_from_ids(policy, tok, sample_ids, device=device, dtype=dtype)
-            rewards = raw_rewards(rm, tok, sample_ids, toks, ended, device, dtype)
-            rows = [{"prompt": tok.decode(ids), "policy": text, "reward": round(rwd, 4)}
-                    for ids, text, rwd in zip(sample_ids, texts, rewards.tolist())]
+            held = list(dict.fromkeys(tuple(p.chosen[: p.n_prompt]) for p in val_enc))
+            held = [list(h) for h in data.fixed_subset(held, args.samples)]
+            rows = evaluate.side_by_side({"policy": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS,
+                                         device=device, dtype=dtype, rm=rm)
             evaluate.write_side_by_side(args.out, rows, "the policy's answers to held-out prompts (greedy), "
                                                         "with their reward")
 
@@ -264,8 +249,8 @@ def main(argv=None):
             b_txt, b_tok, b_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype,
                                                               temperature=1.0, generator=sample_rng)
             prompts_t = [tok.encode(chat_prompt(x)) for x in eval_instr]
-            ra = raw_rewards(rm, tok, prompts_t, a_tok, a_end, device, dtype)
-            rb = raw_rewards(rm, tok, prompts_t, b_tok, b_end, device, dtype)
+            ra = evaluate.rewards_of(rm, tok, prompts_t, a_tok, a_end, device, dtype)
+            rb = evaluate.rewards_of(rm, tok, prompts_t, b_tok, b_end, device, dtype)
             agree, counted, examples = 0, 0, []
             for i, x in enumerate(eval_instr):
                 ja, jb = judge(x, a_txt[i]).score, judge(x, b_txt[i]).score

@@ -126,8 +126,8 @@ def pick_dtype(device: torch.device, requested: str = "auto") -> tuple[torch.dty
         if requested == "fp32":
             return torch.float32, "fp32 as requested" + (" (TF32 matmuls)" if native else "")
         if requested == "bf16":
-            return torch.bfloat16, "bf16 autocast as requested" + ("" if native else
-                                                                   f" (emulated on compute capability {major}.{minor}: slow)")
+            slow = "" if native else f" (emulated on compute capability {major}.{minor}: slow)"
+            return torch.bfloat16, "bf16 autocast as requested" + slow
         if native:
             return torch.bfloat16, f"bf16 autocast: native on this GPU (compute capability {major}.{minor})"
         return torch.float32, (f"fp32: compute capability {major}.{minor} has no native bf16 "

@@ -11,12 +11,13 @@ What it guarantees:
   not a silently truncated dataset.
 - Integrity. With a pinned `sha256` the download is checked against it, and so is an existing file.
   A file kept in a git repository can be pinned by its git blob hash instead (`git_sha1`: SHA-1 of
-  "blob <size>\\0" + the bytes, what `git ls-tree` shows for that file at a fixed commit): a pin that can be
-  read from the repository's history without downloading the file itself. Without either we cannot know what the right bytes are, so we do the next best thing and say so
-  honestly: the sha256 of the first successful download is recorded in `dest + ".sha256"` (a "sidecar")
-  and every later use re-checks the file against it. That catches a file corrupted or edited on disk
-  after download; it does NOT prove the first download was the file the dataset's authors published
-  (trust on first use, like ssh's known_hosts).
+  "blob <size>\\0" + the bytes, what `git ls-tree` shows for that file at a fixed commit): a pin that can
+  be read from the repository's history without downloading the file itself. Without either we cannot
+  know what the right bytes are, so we do the next best thing and say so honestly: the sha256 of the
+  first successful download is recorded in `dest + ".sha256"` (a "sidecar") and every later use re-checks
+  the file against it. That catches a file corrupted or edited on disk after download; it does NOT prove
+  the first download was the file the dataset's authors published (trust on first use, like ssh's
+  known_hosts).
 - Network failures (no network, DNS, refused connection, timeout, HTTP errors) raise `DownloadError`
   saying what could not be fetched, from where, and how to proceed offline. `download_all` fetches
   several files and, offline, names every missing one in a single message (not one per attempt).

@@ -466,24 +466,42 @@ def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device
 # Real data: no judge, so side-by-side samples on fixed held-out prompts stand in for it
 
 
-def side_by_side(models: dict, tok: Tokenizer, prompts: list[str], *, max_new_tokens: int, device,
-                 dtype=torch.float32) -> list[dict]:
-    """Greedy answers of each model to the same templated prompts: [{"prompt", <name>: answer, ...}].
+def side_by_side(models: dict, tok: Tokenizer, prompts: list[list[int]], *, max_new_tokens: int, device,
+                 dtype=torch.float32, rm=None) -> list[dict]:
+    """Greedy answers of each model to the same prompts: [{"prompt", <name>: answer, ...}].
 
-    `models` maps a column name to a model ({"before": sft, "after": dpo}). Prompts are left-truncated to leave
-    max_new_tokens of room (data.encode_prompts), so a long dialogue keeps its last turns; "prompt" holds the
-    text the models saw.
+    `models` maps a column name to a model ({"sft": sft, "dpo": policy}). `prompts` are token ids (templated),
+    left-truncated here if needed to leave max_new_tokens of room, so a long dialogue keeps its last turns;
+    "prompt" holds the text the models saw. With a reward model `rm`, each answer's reward is added as
+    "<name>_reward".
     """
-    from minipost.data import encode_prompts
-
     block_size = min(m.config.block_size for m in models.values())
-    ids, _ = encode_prompts(tok, prompts, max(1, block_size - max_new_tokens))
-    rows = [{"prompt": tok.decode(p)} for p in ids]
+    room = max(1, block_size - max_new_tokens)
+    prompts = [p[-room:] for p in prompts]
+    rows = [{"prompt": tok.decode(p)} for p in prompts]
     for name, model in models.items():
-        texts, _, _ = generate_from_ids(model, tok, ids, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
-        for row, text in zip(rows, texts):
+        texts, toks, ended = generate_from_ids(model, tok, prompts, device=device, dtype=dtype,
+                                               max_new_tokens=max_new_tokens)
+        rewards = rewards_of(rm, tok, prompts, toks, ended, device, dtype).tolist() if rm is not None else None
+        for i, (row, text) in enumerate(zip(rows, texts)):
             row[name] = text
+            if rewards is not None:
+                row[f"{name}_reward"] = round(rewards[i], 4)
     return rows
+
+
+@torch.no_grad()
+def rewards_of(rm, tok: Tokenizer, prompts: list[list[int]], responses: list[list[int]], ended: list[bool], device,
+               dtype=torch.float32, batch_size: int = 64) -> torch.Tensor:
+    """The reward model's scores (N,) of responses (token lists without EOS; `ended`: the answer stopped with
+    EOS, which is then appended, as in the sequences the RM trained on) to prompts (token ids)."""
+    seqs = [(ids + toks + ([tok.eos_id] if eos else []), len(ids)) for ids, toks, eos in zip(prompts, responses, ended)]
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        batch = {k: v.to(device) for k, v in collate(seqs[i : i + batch_size], tok.eos_id).items()}
+        with common.autocast(device, dtype):
+            out.append(rm.score(batch["input_ids"], batch["attention_mask"]).float())
+    return torch.cat(out)
 
 
 def write_side_by_side(out_dir, rows: list[dict], title: str, show: int = 4, width: int = 300):

@@ -330,7 +330,8 @@ def test_prompts_from_a_preference_file_and_no_usable_prompt(tmp_path):
     assert load_prompts(str(path))[0] == [{"prompt": chat_prompt("Q")}]
     # nothing usable: one DataError naming the file and what was dropped
     path = write(tmp_path, "empty.jsonl", jsonl([{"prompt": ""}, {"prompt": "  "}]))
-    assert error_of(load_prompts, str(path)) == f"no usable prompts in {path} (2 rows read, 2 with an empty instruction)"
+    expected = f"no usable prompts in {path} (2 rows read, 2 with an empty instruction)"
+    assert error_of(load_prompts, str(path)) == expected
 
 
 # -----------------------------------------------------------------------------
