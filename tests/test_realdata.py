@@ -11,6 +11,7 @@ chat files run through SFT too.
 
 import gzip
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -31,16 +32,25 @@ TINY = dict(n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2, vocab_size=4096
 # Appended to each stage's command: a few steps, small batches, a few normalization samples.
 MICRO = {
     "train_base.py": [],
-    "train_sft.py": ["--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "1"],
+    "train_sft.py": ["--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "1",
+                     "--samples", "2"],
     "train_rm.py": ["--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "1",
-                    "--norm-samples", "4"],
-    "train_ppo.py": ["--iterations", "2", "--batch-size", "4", "--minibatch-size", "2", "--ppo-epochs", "1"],
-    "train_dpo.py": ["--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "1"],
+                    "--norm-samples", "4", "--samples", "2"],
+    "train_ppo.py": ["--iterations", "1", "--batch-size", "4", "--minibatch-size", "2", "--ppo-epochs", "1",
+                     "--samples", "2"],
+    "train_dpo.py": ["--steps", "2", "--batch-size", "4", "--micro-batch-size", "2", "--eval-every", "1",
+                     "--samples", "2"],
 }
 
 
+# One thread per run: on these tiny shapes a second thread only waits for the first (on a busy 2-core machine a
+# two-thread run took 2.5x the CPU time of a one-thread run).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def run(args, timeout=300):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def gpu_commands() -> list[list[str]]:
@@ -202,10 +212,14 @@ def test_checkpoints_record_the_data_file_hash(gpu_run):
 
 def test_real_data_runs_write_side_by_side_samples(gpu_run):
     tmp, _, results = gpu_run
-    for stage, script in (("gpt2-sft", "train_sft.py"), ("gpt2-ppo", "train_ppo.py"), ("gpt2-dpo", "train_dpo.py")):
+    columns = {"gpt2-sft": {"prompt", "base", "sft"}, "gpt2-rm": {"prompt", "policy", "policy_reward"},
+               "gpt2-ppo": {"prompt", "sft", "ppo", "sft_reward", "ppo_reward"}, "gpt2-dpo": {"prompt", "sft", "dpo"}}
+    for stage, keys in columns.items():
         rows = [json.loads(line) for line in (tmp / stage / "samples.jsonl").read_text().splitlines()]
-        assert rows and all({"prompt", "before", "after"} <= set(r) for r in rows), stage
-        assert "held-out prompts" in results[script][1].stdout
+        assert len(rows) >= 1 and all(set(r) == keys for r in rows), stage
+        # the prompt the models saw left room for the answer: left-truncated, ending with the template
+        assert all(r["prompt"].endswith("### Response:\n") for r in rows), stage
+        assert "held-out prompts" in results["train_" + stage.split("-")[1] + ".py"][1].stdout
 
 
 @pytest.mark.parametrize("maker, name", [(write_dolly, "dolly.jsonl"), (write_chat, "chat.jsonl")])
@@ -248,13 +262,12 @@ def test_init_takes_every_form_from_pretrained_takes(tmp_path):
 def offline_env(monkeypatch):
     """Every HTTPS request goes through a proxy on a loopback port nobody listens on: the connection is
     refused at once, as on a machine without network (and no test ever reaches the real network)."""
-    import os
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "https_proxy", "http_proxy")}
+    env = {k: v for k, v in ENV.items() if k.lower() not in ("no_proxy", "https_proxy", "http_proxy")}
     return {**env, "https_proxy": f"http://127.0.0.1:{port}", "HTTPS_PROXY": f"http://127.0.0.1:{port}"}
 
 
