@@ -452,7 +452,12 @@ def _config_from_hf(hf: dict | None, sd: dict, path: Path) -> GPTConfig:
             n_head=hf["n_head"],
             n_embd=hf["n_embd"],
         )
+    if "wte.weight" not in sd or "wpe.weight" not in sd:
+        raise ValueError(f"{path}: no wte.weight / wpe.weight: not GPT-2 weights")
     vocab_size, n_embd = sd["wte.weight"].shape
+    if n_embd % 64:
+        raise ValueError(f"{path}: width {n_embd} is not a multiple of GPT-2's 64-wide heads, so the number of "
+                         f"heads cannot be inferred; put a config.json (with n_head) beside model.safetensors")
     n_layer = len({k.split(".")[1] for k in sd if k.startswith("h.")})
     return GPTConfig(
         block_size=sd["wpe.weight"].shape[0], vocab_size=vocab_size, n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd
