@@ -58,9 +58,9 @@ def answer(model, tok, instruction, args, device, stream=None) -> str:
             stream.flush()
             shown = text
 
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    sample_rng = torch.Generator(device=device).manual_seed(args.seed)
     model.generate(ids, budget, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   eos_token_id=tok.eos_id, generator=gen, on_token=on_token)
+                   eos_token_id=tok.eos_id, generator=sample_rng, on_token=on_token)
     text = tok.decode(new_tokens)
     if stream is not None:
         stream.write(text[len(shown):] + "\n")

@@ -81,9 +81,9 @@ def tokenize_corpus(docs: list[str], tok: Tokenizer) -> np.ndarray:
     return stream.astype(np.uint16 if tok.vocab_size <= 65536 else np.uint32)
 
 
-def get_batch(stream: torch.Tensor, batch_size: int, block_size: int, gen: torch.Generator):
+def get_batch(stream: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator):
     """x, y (B, T): y is x shifted by one token."""
-    starts = torch.randint(0, len(stream) - block_size - 1, (batch_size,), generator=data_rng)
+    starts = torch.randint(0, len(stream) - block_size - 1, (batch_size,), generator=generator)
     offsets = torch.arange(block_size + 1)
     chunk = stream[starts[:, None] + offsets[None, :]].long()  # (B, T+1)
     return chunk[:, :-1], chunk[:, 1:]
@@ -96,11 +96,11 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def held_out_loss(model, stream, args, device, dtype, n_batches=8) -> float:
-    gen = torch.Generator().manual_seed(1234)  # the same windows every time: comparable numbers
+    windows_rng = torch.Generator().manual_seed(1234)  # the same windows every time: comparable numbers
     model.eval()
     losses = []
     for _ in range(n_batches):
-        x, y = get_batch(stream, args.batch_size, args.block_size, data_rng)
+        x, y = get_batch(stream, args.batch_size, args.block_size, windows_rng)
         with common.autocast(device, dtype):
             losses.append(lm_loss(model(x.to(device)), y.to(device)).item())
     model.train()
