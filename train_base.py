@@ -116,7 +116,8 @@ def main(argv=None):
     dtype, why = common.pick_dtype(device, args.dtype)
     if args.init:  # GPT-2 weights as the base: import and save, nothing to train
         try:
-            model, tok, _ = common.load_model(args.init, device)  # first: a failed import leaves no --out behind
+            # the weights first: a failed import leaves no --out behind
+            model, tok, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
             ckpt.prepare_output_dir(args.out, resume=False, overwrite=args.overwrite)
         except ckpt.CheckpointError as e:
             raise SystemExit(f"error: {e}")
@@ -132,7 +133,7 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     common.seed_everything(args.seed)
 
-    config = config_from_preset(args.preset, dropout=args.dropout)
+    config = config_from_preset(args.preset, dropout=args.dropout, fused_attn=args.fused_attn)
     if args.block_size > 0:
         config.block_size = args.block_size
     args.block_size = config.block_size

@@ -297,8 +297,8 @@ def main(argv=None):
         if args.resume:
             raise SystemExit("error: train_dpo.py does not resume (a run takes about a minute); rerun with --overwrite")
         ckpt.prepare_output_dir(args.out, resume=False, overwrite=args.overwrite)
-        policy, tok, init_config = common.load_model(args.init, device)
-        ref, _, _ = common.load_model(args.init, device)
+        policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.frozen(ref)  # the reference never changes: eval mode, no grads, not in the optimizer
@@ -331,7 +331,8 @@ def main(argv=None):
         # real data has no judge: SFT and DPO side by side on fixed held-out prompts
         held = list(dict.fromkeys(tuple(p.chosen[: p.n_prompt]) for p in val_enc))
         held = [list(h) for h in data.fixed_subset(held, args.samples)]
-        rows = evaluate.side_by_side({"sft": ref, "dpo": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS, device=device, dtype=dtype)
+        rows = evaluate.side_by_side({"sft": ref, "dpo": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS,
+                                     device=device, dtype=dtype)
         evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: SFT vs DPO (greedy)")
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png",
                     ["loss", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected", "val_accuracy"],
@@ -355,7 +356,7 @@ def main(argv=None):
     if args.sweep and result is not None:
         rows = []
         for beta in args.sweep:
-            sweep_policy, _, _ = common.load_model(args.init, device)
+            sweep_policy, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
             last = train(sweep_policy, ref, pairs, tok, args, beta=beta, steps=args.sweep_steps, device=device,
                          dtype=dtype)
             m = evaluate.evaluate_model(sweep_policy, tok, world, device=device, dtype=dtype, refs={"sft": ref},

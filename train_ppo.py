@@ -326,10 +326,10 @@ def main(argv=None):
         from minipost.world import judge, strip_template
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-        policy, tok, init_config = common.load_model(args.init, device)
-        ref, _, _ = common.load_model(args.init, device)
-        rm, _, _ = common.load_model(args.rm, device, kind="scalar")
-        value_model, _, _ = common.load_model(args.rm, device, kind="scalar")
+        policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        rm, _, _ = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
+        value_model, _, _ = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.frozen(ref)

@@ -129,7 +129,7 @@ def main(argv=None):
     common.seed_everything(args.seed)  # before the model: its scalar head starts from random weights
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-        rm, tok, init_config = common.load_model(args.init, device, kind="scalar")
+        rm, tok, init_config = common.load_model(args.init, device, kind="scalar", fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     block_size = rm.config.block_size if args.block_size <= 0 else min(args.block_size, rm.config.block_size)
@@ -137,7 +137,7 @@ def main(argv=None):
 
     # ---- data: preference pairs, and judge-labelled pairs of the policy's own samples
     def sampler():
-        return common.frozen(common.load_model(args.policy or args.init, device)[0])
+        return common.frozen(common.load_model(args.policy or args.init, device, fused_attn=args.fused_attn)[0])
 
     train_enc, val_enc, data_stats = evaluate.load_preference_pairs(args, tok, block_size, sampler=sampler,
                                                                     sampler_dir=args.policy or args.init,
@@ -201,7 +201,7 @@ def main(argv=None):
     if not args.skip_eval:
         from minipost.tokenizer import chat_prompt
 
-        policy, _, _ = common.load_model(args.policy or args.init, device)
+        policy, _, _ = common.load_model(args.policy or args.init, device, fused_attn=args.fused_attn)
         common.frozen(policy)
         sample_rng = torch.Generator().manual_seed(args.seed + 1)
 

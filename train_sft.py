@@ -135,7 +135,8 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-        model, tok, init_config = common.load_model(args.init, device)  # the base model: our starting point
+        # the base model: our starting point
+        model, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.seed_everything(args.seed)
@@ -223,7 +224,7 @@ def main(argv=None):
 
     if args.data != "world":  # real data has no judge: the two models' answers to fixed held-out prompts
         if args.samples and val_seqs:
-            base, _, _ = common.load_model(args.base or args.init, device)
+            base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
             held = list(dict.fromkeys(tuple(ids[:n_prompt]) for ids, n_prompt in val_seqs))
             held = [list(h) for h in data.fixed_subset(held, args.samples)]
             rows = evaluate.side_by_side({"base": common.frozen(base), "sft": model.eval()}, tok, held,
@@ -233,7 +234,7 @@ def main(argv=None):
     from minipost.world import build_world
 
     world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-    base, _, _ = common.load_model(args.base or args.init, device)
+    base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
     common.frozen(base)
     model.eval()
     base_result = evaluate.evaluate_reference(base, args.base or args.init, tok, world, device=device, dtype=dtype,

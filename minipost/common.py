@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
 from minipost.download import DownloadError
-from minipost.model import GPT, OFFICIAL, GPTConfig, GPTScalar, config_from_preset, is_pretrained_source
+from minipost.model import (GPT, OFFICIAL, CausalSelfAttention, GPTConfig, GPTScalar, config_from_preset,
+                            is_pretrained_source)
 from minipost.tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -78,8 +79,11 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--device", default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto = bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with "
-                        "AMX/AVX512-BF16), else fp32")
+                   help="auto = bf16 autocast where the device computes bf16 natively (CUDA compute capability 8.0+, "
+                        "CPUs with AMX/AVX512-BF16), else fp32 (with TF32 matmuls on CUDA)")
+    p.add_argument("--fused-attn", action="store_true",
+                   help="attention with torch's fused scaled_dot_product_attention (flash / memory-efficient "
+                        "kernels on a GPU) instead of the hand-written path; same results up to rounding")
     p.add_argument("--seed", type=int, default=seed, help="random seed (data order, init, sampling)")
 
 
@@ -313,13 +317,14 @@ def plot_log(log_path, png_path, keys: list[str], title: str):
 # Models in and out of checkpoints
 
 
-def load_model(source: str, device="cpu", kind: str | None = None):
+def load_model(source: str, device="cpu", kind: str | None = None, fused_attn: bool | None = None):
     """(model, tokenizer, config) from a checkpoint directory, or GPT-2 weights in Hugging Face's layout
     (an official name, a save_pretrained directory, a .safetensors file: whatever GPT.from_pretrained reads).
 
     A checkpoint's config.json says whether it holds a language model ("lm") or a scalar model
     ("scalar": reward / value). `kind="scalar"` on an lm checkpoint builds a scalar model whose
     backbone is the lm's (how the reward model starts from SFT).
+    fused_attn: True / False picks the attention path (--fused-attn); None keeps the checkpoint's.
     """
     if is_pretrained_source(source):  # official weights by name, a save_pretrained directory, a .safetensors file
         try:
@@ -333,7 +338,7 @@ def load_model(source: str, device="cpu", kind: str | None = None):
             scalar = GPTScalar(model.config)
             scalar.gpt.load_state_dict(model.state_dict())
             model = scalar
-        return model.to(device), tok, config
+        return set_attention(model, fused_attn).to(device), tok, config
     if not ckpt.has_checkpoint(source):
         raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: "
                                    f"{', '.join(OFFICIAL)})")
@@ -353,7 +358,19 @@ def load_model(source: str, device="cpu", kind: str | None = None):
         model = GPTScalar(gcfg)
         ckpt.load_into(model.gpt, state, source)
     tok = Tokenizer(config.get("tokenizer", {}).get("vocab_size", gcfg.vocab_size))
-    return model.to(device), tok, config
+    return set_attention(model, fused_attn).to(device), tok, config
+
+
+def set_attention(model: torch.nn.Module, fused: bool | None) -> torch.nn.Module:
+    """Switch every attention layer of a GPT or GPTScalar to the fused (True) or hand-written (False) path;
+    None leaves it as it is. The config follows, so a saved checkpoint says which path trained it."""
+    if fused is not None:
+        for module in model.modules():
+            if isinstance(module, CausalSelfAttention):
+                module.fused = fused
+            if isinstance(module, GPT):
+                module.config.fused_attn = fused
+    return model
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:

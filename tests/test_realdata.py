@@ -222,14 +222,31 @@ def test_real_data_runs_write_side_by_side_samples(gpu_run):
         assert "held-out prompts" in results["train_" + stage.split("-")[1] + ".py"][1].stdout
 
 
-@pytest.mark.parametrize("maker, name", [(write_dolly, "dolly.jsonl"), (write_chat, "chat.jsonl")])
-def test_sft_takes_dolly_and_chat_files(gpu_run, tmp_path, maker, name):
+@pytest.mark.parametrize("maker, name, fused", [(write_dolly, "dolly.jsonl", True), (write_chat, "chat.jsonl", False)])
+def test_sft_takes_dolly_and_chat_files(gpu_run, tmp_path, maker, name, fused):
     tmp, _, _ = gpu_run
     path = maker(tmp_path / name)
     proc = run(["train_sft.py", "--init", tmp / "gpt2-base", "--data", path, "--block-size", "512",
-                "--out", tmp_path / "sft", *MICRO["train_sft.py"], "--skip-eval"])
+                "--out", tmp_path / "sft", *MICRO["train_sft.py"], "--skip-eval"] + (["--fused-attn"] if fused else []))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert int(re.search(r"'prompt_truncated': (\d+)", proc.stdout).group(1)) > 0
+    assert load_checkpoint(tmp_path / "sft")[1]["model"]["fused_attn"] is fused  # --fused-attn reached the model
+
+
+def test_fused_attention_flag_switches_every_layer(gpu_run):
+    from minipost import common
+    from minipost.model import CausalSelfAttention
+
+    tmp, _, _ = gpu_run
+    manual, tok, _ = common.load_model(str(tmp / "gpt2-rm"), kind="scalar", fused_attn=False)
+    fused, _, _ = common.load_model(str(tmp / "gpt2-rm"), kind="scalar", fused_attn=True)
+    assert [m.fused for m in fused.modules() if isinstance(m, CausalSelfAttention)] == [True] * TINY["n_layer"]
+    assert not any(m.fused for m in manual.modules() if isinstance(m, CausalSelfAttention))
+    ids = torch.tensor([tok.encode("### Instruction:\nHi\n\n### Response:\nHello")] * 2)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding in the second row: the fused path takes the padding mask too
+    with torch.no_grad():
+        torch.testing.assert_close(fused.score(ids, mask), manual.score(ids, mask), atol=1e-5, rtol=1e-5)
 
 
 def test_init_takes_every_form_from_pretrained_takes(tmp_path):
