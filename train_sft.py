@@ -142,6 +142,9 @@ def main(argv=None):
     common.seed_everything(args.seed)
     block_size = model.config.block_size if args.block_size <= 0 else min(args.block_size, model.config.block_size)
     max_prompt = args.max_prompt_tokens if args.max_prompt_tokens > 0 else block_size // 2
+    if not 1 <= max_prompt <= block_size - 1:
+        raise SystemExit(f"error: --max-prompt-tokens {max_prompt} must leave room for a response in the block of "
+                         f"{block_size} tokens (at most {block_size - 1})")
     common.print_config("train_sft", args, {"device": device, "dtype": why, "block_size": block_size,
                                             "params": f"{model.num_params() / 1e6:.2f}M"})
 

@@ -341,3 +341,24 @@ def test_dtype_auto_picks_native_bf16_only(monkeypatch, capability, requested, d
     got, why = common.pick_dtype(torch.device("cuda"), requested)
     assert got == dtype and reason in why
     assert precision == ["high"]  # TF32 for fp32 matmuls, wherever the GPU has it
+
+
+def test_ppo_prompt_errors_are_one_line_before_any_model_loads(tmp_path):
+    # a prompt file with nothing usable: named, counted, and reported before the (missing) models are touched
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"prompt": ""}) + "\n" + json.dumps({"prompt": "   "}) + "\n")
+    proc = run(["train_ppo.py", "--init", tmp_path / "no-sft", "--rm", tmp_path / "no-rm", "--prompts", empty,
+                "--out", tmp_path / "ppo"])
+    err = proc.stderr.strip()
+    assert proc.returncode != 0 and "\n" not in err and "Traceback" not in err
+    assert err == f"error: no usable prompts in {empty} (2 rows read, 2 with an empty instruction)"
+    assert not (tmp_path / "ppo").exists()
+    # room: --max-new-tokens as long as the context leaves no room for a prompt
+    write_hf_gpt2(tmp_path / "hf")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n")
+    proc = run(["train_ppo.py", "--init", tmp_path / "hf", "--rm", tmp_path / "hf", "--prompts", prompts,
+                "--max-new-tokens", str(CONTEXT), "--out", tmp_path / "ppo2", "--base", ""])
+    err = proc.stderr.strip()
+    assert proc.returncode != 0 and "\n" not in err and "Traceback" not in err
+    assert f"--max-new-tokens {CONTEXT} do not fit the context of {CONTEXT} tokens" in err
