@@ -329,8 +329,7 @@ def main(argv=None):
     metrics["heldout_pairs"] = len(val_enc)
     if not args.skip_eval and args.data != "world" and args.samples and val_enc:
         # real data has no judge: SFT and DPO side by side on fixed held-out prompts
-        held = list(dict.fromkeys(tuple(p.chosen[: p.n_prompt]) for p in val_enc))
-        held = [list(h) for h in data.fixed_subset(held, args.samples)]
+        held = data.fixed_subset(data.unique_prompts(val_enc), args.samples)
         rows = evaluate.side_by_side({"sft": ref, "dpo": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS,
                                      device=device, dtype=dtype)
         evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: SFT vs DPO (greedy)")

@@ -213,8 +213,7 @@ def main(argv=None):
             world_prompts = [r["prompt"] for r in data.load_prompts("world")[0]][: args.norm_samples]
             norm_prompts, _ = data.encode_prompts(tok, world_prompts, room)
         else:
-            unique = list(dict.fromkeys(tuple(p.chosen[: p.n_prompt]) for p in train_enc))
-            norm_prompts = [list(ids[-room:]) for ids in data.fixed_subset(unique, args.norm_samples)]
+            norm_prompts = [ids[-room:] for ids in data.fixed_subset(data.unique_prompts(train_enc), args.norm_samples)]
         _, toks, ended = evaluate.generate_from_ids(policy, tok, norm_prompts, device=device, dtype=dtype,
                                                     temperature=1.0, generator=sample_rng)
         r = evaluate.rewards_of(rm, tok, norm_prompts, toks, ended, device, dtype)
@@ -228,8 +227,7 @@ def main(argv=None):
 
         # ---- real data: the policy's answers to fixed held-out prompts, with their (normalized) reward
         if args.data != "world" and args.samples and val_enc:
-            held = list(dict.fromkeys(tuple(p.chosen[: p.n_prompt]) for p in val_enc))
-            held = [list(h) for h in data.fixed_subset(held, args.samples)]
+            held = data.fixed_subset(data.unique_prompts(val_enc), args.samples)
             rows = evaluate.side_by_side({"policy": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS,
                                          device=device, dtype=dtype, rm=rm)
             evaluate.write_side_by_side(args.out, rows, "the policy's answers to held-out prompts (greedy), "

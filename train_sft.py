@@ -228,8 +228,7 @@ def main(argv=None):
     if args.data != "world":  # real data has no judge: the two models' answers to fixed held-out prompts
         if args.samples and val_seqs:
             base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
-            held = list(dict.fromkeys(tuple(ids[:n_prompt]) for ids, n_prompt in val_seqs))
-            held = [list(h) for h in data.fixed_subset(held, args.samples)]
+            held = data.fixed_subset(data.unique_prompts(val_seqs), args.samples)
             rows = evaluate.side_by_side({"base": common.frozen(base), "sft": model.eval()}, tok, held,
                                          max_new_tokens=evaluate.MAX_NEW_TOKENS, device=device, dtype=dtype)
             evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: base vs SFT (greedy)")

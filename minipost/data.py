@@ -580,6 +580,13 @@ def split_holdout(items: list, frac: float = 0.05, seed: int = 0) -> tuple[list,
     return ([x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held])
 
 
+def unique_prompts(encoded: list) -> list[list[int]]:
+    """The distinct prompts (token ids, in first-seen order) of encoded examples (ids, n_prompt) or EncodedPairs:
+    the fixed held-out prompts that real-data runs answer side by side, or the prompts RM normalization samples."""
+    keys = (tuple(e.chosen[: e.n_prompt]) if isinstance(e, EncodedPair) else tuple(e[0][: e[1]]) for e in encoded)
+    return [list(k) for k in dict.fromkeys(keys)]
+
+
 def fixed_subset(items: list, n: int) -> list:
     """At most n items spread evenly over the list (every k-th), the same ones on every call: a held-out
     evaluation that costs the same however large the held-out split is, and compares like with like

@@ -480,6 +480,13 @@ def test_last_token_index_pitfall_and_bad_input():
 # -----------------------------------------------------------------------------
 # splitting and batching
 
+def test_unique_prompts_of_examples_and_pairs():
+    examples = [([1, 2, 3, 9], 3), ([1, 2, 3, 8, 8], 3), ([4, 5], 1)]  # two answers to prompt [1, 2, 3]
+    assert data.unique_prompts(examples) == [[1, 2, 3], [4]]
+    pairs = [data.EncodedPair([7, 1, 2], [7, 3], 1, 0.0), data.EncodedPair([6, 6, 1], [6, 6, 2], 2, 0.0)]
+    assert data.unique_prompts(pairs) == [[7], [6, 6]]
+
+
 def test_fixed_subset_spreads_over_the_list():
     assert fixed_subset(list(range(10)), 4) == [0, 2, 5, 7]  # i * 10 // 4 for i = 0..3
     assert fixed_subset(list(range(10)), 0) == list(range(10)) and fixed_subset([1, 2], 5) == [1, 2]
