@@ -362,3 +362,21 @@ def test_ppo_prompt_errors_are_one_line_before_any_model_loads(tmp_path):
     err = proc.stderr.strip()
     assert proc.returncode != 0 and "\n" not in err and "Traceback" not in err
     assert f"--max-new-tokens {CONTEXT} do not fit the context of {CONTEXT} tokens" in err
+
+
+@pytest.mark.parametrize("script", ["train_rm.py", "train_dpo.py"])
+def test_micro_batches_give_the_full_batch_step(gpu_run, tmp_path, script):
+    # The same step with the batch in one piece and in chunks of 1 and 3 pairs: the same loss and gradient
+    # norm (before clipping), so the chunks' gradients add up to the full batch's -- a chunk weighted wrongly
+    # would change the norm even where Adam's update, invariant to a gradient's scale, would not show it.
+    tmp, files, _ = gpu_run
+    logs = []
+    for micro in (0, 1, 3):
+        out = tmp_path / f"m{micro}"
+        proc = run([script, "--init", tmp / "gpt2-sft", "--data", files["hh-rlhf"], "--steps", "1", "--batch-size", "4",
+                    "--micro-batch-size", str(micro), "--dtype", "fp32", "--skip-eval", "--out", out])
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        logs.append(json.loads((out / "log.jsonl").read_text().splitlines()[0]))
+    for log in logs[1:]:
+        assert log["loss"] == pytest.approx(logs[0]["loss"], rel=1e-5)
+        assert log["grad_norm"] == pytest.approx(logs[0]["grad_norm"], rel=1e-4)
