@@ -235,7 +235,7 @@ def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: fl
         assert None not in checked, "--reward verifier got a prompt without a checkable answer"
         return torch.tensor(checked, device=device)
     scores = torch.zeros(len(texts), device=device)
-    for idx in torch.arange(len(texts)).split(64):  # the reward model, in chunks
+    for idx in torch.arange(len(texts), device=device).split(64):  # the reward model, in chunks
         with common.autocast(device, dtype):
             scores[idx] = rm.score(batch["input_ids"][idx], batch["attention_mask"][idx]).float()
     scores -= eos_penalty * (~torch.tensor(ended, device=device)).float()
@@ -248,29 +248,44 @@ def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: fl
 # Rollouts
 
 
-def response_logprobs_per_token(model, batch, device, dtype):
-    """log pi(token) at every position of the (B, L) rows, (B, L-1) in fp32, and the (B, L-1, V) logits
-    (for the entropy). Position t scores token t + 1; batch["response_mask"][:, 1:] marks the response."""
+def minibatch(batch: dict, idx: torch.Tensor) -> dict:
+    """The rows idx of a rollout batch (tensors), keeping its prompt length."""
+    return {k: v[idx] if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def response_logprobs(model, batch, device, dtype):
+    """log pi of every response token, (B, n) in fp32, and the (B, n, V) logits that gave them (entropy).
+    The LM head runs on the response positions only: the prompt's logits are never needed here."""
+    T0 = batch["prompt_len"]
     with common.autocast(device, dtype):
-        logits = model(batch["input_ids"], batch["attention_mask"])  # (B, L, V)
-    return common.token_logprobs(logits, batch["input_ids"]), logits[:, :-1]
+        h = model.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T0 + n, C)
+        logits = model.lm_head(h[:, T0 - 1 :])  # (B, n + 1, V): position T0 - 1 predicts the first response token
+    return common.token_logprobs(logits, batch["input_ids"][:, T0 - 1 :]), logits[:, :-1]  # (B, n), (B, n, V)
 
 
 @torch.no_grad()
 def sample_groups(policy, tok, instructions: list[str], group_size: int, max_new_tokens: int, gen, device, dtype):
     """G samples (temperature 1, KV cache) for each instruction, groups side by side: B = P x G responses.
-    Returns (texts, ended_with_eos, batch): batch is the left-padded prompt + response rows with the
-    response mask (incl. the EOS that ended a response), on `device`."""
+    Returns (texts, ended_with_eos, batch). batch: prompts left-padded to T0 tokens, then responses from
+    column T0 on, right-padded; response_mask (B, n) is 1 on response tokens incl. the EOS that ended one.
+    Every mask comes from lengths, never from token ids (the pad id is the EOS id)."""
     repeated = [x for x in instructions for _ in range(group_size)]  # (B,): group g is rows g*G .. g*G+G-1
     texts, token_lists, ended = generate_responses(policy, tok, repeated, device=device, dtype=dtype, temperature=1.0,
                                                    generator=gen, max_new_tokens=max_new_tokens,
                                                    batch_size=len(repeated))
-    seqs = []
-    for x, toks, eos in zip(repeated, token_lists, ended):
-        prompt = tok.encode(chat_prompt(x))
-        seqs.append((prompt + toks + ([tok.eos_id] if eos else []), len(prompt)))
-    batch = data.collate(seqs, tok.eos_id, side="left")
-    return texts, ended, {k: v.to(device) for k, v in batch.items()}
+    prompts = data.collate([(ids, len(ids)) for ids in (tok.encode(chat_prompt(x)) for x in repeated)], tok.eos_id,
+                           side="left")
+    responses = [toks + [tok.eos_id] * e for toks, e in zip(token_lists, ended)]  # the EOS is a token to learn
+    n = max(1, max(map(len, responses)))
+    resp_ids = torch.full((len(responses), n), tok.eos_id, dtype=torch.long)
+    resp_mask = torch.zeros((len(responses), n), dtype=torch.long)
+    for i, r in enumerate(responses):
+        resp_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        resp_mask[i, : len(r)] = 1
+    batch = {"input_ids": torch.cat([prompts["input_ids"], resp_ids], dim=1).to(device),  # (B, T0 + n)
+             "attention_mask": torch.cat([prompts["attention_mask"], resp_mask], dim=1).to(device),
+             "response_mask": resp_mask.float().to(device)}  # (B, n)
+    return texts, ended, batch | {"prompt_len": prompts["input_ids"].size(1)}
 
 
 # -----------------------------------------------------------------------------
@@ -340,7 +355,7 @@ def main(argv=None):
         texts, ended, batch = sample_groups(policy, tok, prompts, G, args.max_new_tokens, sample_gen, device, dtype)
         rewards = rewards_of(args.reward, group_of, texts, ended, batch, rm, args.missing_eos_penalty, device, dtype)  # (B,)
         advantages = group_advantages(rewards, G, args.advantage)  # (B,)
-        mask = batch["response_mask"][:, 1:].float()  # (B, L-1): position t scores token t + 1
+        mask = batch["response_mask"]  # (B, n)
         t_roll = time.time() - t0
 
         # old and reference log-probs, minibatch by minibatch in the order of the first epoch: the first
@@ -349,9 +364,9 @@ def main(argv=None):
         old_logp, ref_logp = torch.zeros_like(mask), torch.zeros_like(mask)
         with torch.no_grad():
             for idx in perm.split(args.minibatch_size):
-                mb = {k: v[idx] for k, v in batch.items()}
-                old_logp[idx] = response_logprobs_per_token(policy, mb, device, dtype)[0]
-                ref_logp[idx] = response_logprobs_per_token(ref, mb, device, dtype)[0]
+                mb = minibatch(batch, idx)
+                old_logp[idx] = response_logprobs(policy, mb, device, dtype)[0]
+                ref_logp[idx] = response_logprobs(ref, mb, device, dtype)[0]
 
         # ---- clipped-surrogate epochs over minibatches of responses
         policy.train()  # dropout is off (load_model): train mode changes nothing in the forward pass
@@ -360,8 +375,7 @@ def main(argv=None):
             order = perm if epoch == 0 else torch.randperm(B, generator=gen).to(device)
             for mb_i, idx in enumerate(order.split(args.minibatch_size)):
                 common.set_lr(opt, args.lr * min(1.0, (grad_step + 1) / max(1, args.warmup)))
-                mb = {k: v[idx] for k, v in batch.items()}
-                logp, logits = response_logprobs_per_token(policy, mb, device, dtype)
+                logp, logits = response_logprobs(policy, minibatch(batch, idx), device, dtype)
                 loss, st = grpo_loss(logp, old_logp[idx], ref_logp[idx] if args.kl_coef > 0 else None, advantages[idx],
                                      mask[idx], clip=args.clip, kl_coef=args.kl_coef, agg=args.loss_agg,
                                      max_len=args.max_new_tokens)
@@ -378,11 +392,12 @@ def main(argv=None):
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
                 opt.step()
                 grad_step += 1
-                with torch.no_grad():
-                    m = mask[idx]
-                    ent = -(F.softmax(logits.float(), -1) * F.log_softmax(logits.float(), -1)).sum(-1)  # (b, L-1)
-                    acc.append({"loss": loss.item(), "entropy": ((ent * m).sum() / m.sum()).item()}
-                               | {k: v.item() for k, v in st.items()})
+                acc.append({"loss": loss.item()} | {k: v.item() for k, v in st.items()})
+                if epoch == 0:  # the entropy of the rollout policy (later epochs would measure a moved one)
+                    with torch.no_grad():
+                        lp = F.log_softmax(logits.float(), dim=-1)  # (b, n, V)
+                        ent = -(lp.exp() * lp).sum(-1)  # (b, n)
+                        acc[-1]["entropy"] = ((ent * mask[idx]).sum() / mask[idx].sum()).item()
 
         # ---- this step's numbers (per response, or token means over valid tokens)
         groups = rewards.view(-1, G)  # (P, G)
@@ -393,7 +408,7 @@ def main(argv=None):
             "loss": sum(a["loss"] for a in acc) / len(acc),
             "clipfrac": sum(a["clipfrac"] for a in acc) / len(acc),
             "kl": ((old_logp - ref_logp) * mask).sum(dim=1).mean().item(),  # k1 per response, like kl_to_sft
-            "entropy": sum(a["entropy"] for a in acc) / len(acc),
+            "entropy": sum(a["entropy"] for a in acc if "entropy" in a) / sum("entropy" in a for a in acc),
             "length": mask.sum(dim=1).mean().item(),
             "eos_frac": sum(ended) / len(ended),
         }

@@ -235,3 +235,35 @@ def test_bad_flags_fail_before_any_model_loads():
         proc = subprocess.run([sys.executable, "train_grpo.py", "--init", "/nonexistent", *flags], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and msg in proc.stderr, (flags, proc.stderr[-500:])
+
+
+# -----------------------------------------------------------------------------
+# the report's GRPO section, from synthetic stage outputs
+
+
+def test_report_grpo_section_and_pass_at_k_plot(tmp_path):
+    from minipost.report import build_report
+
+    def write(path, obj):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+
+    ks = [1, 2, 4, 8, 16, 32, 64]
+    write(tmp_path / "sft" / "eval.json", {"accuracy": 0.44, "harmful_refusal_rate": 0.17, "benign_refusal_rate": 0.0})
+    write(tmp_path / "sft" / "passk.json", {"k": ks, "pass_at_k": [0.30, 0.40, 0.50, 0.60, 0.70, 0.75, 0.80]})
+    write(tmp_path / "grpo" / "eval.json", {"accuracy": 0.60, "harmful_refusal_rate": 0.85, "benign_refusal_rate": 0.05,
+                                            "win_rate_vs_sft": 0.66, "kl_to_sft": 1.234})
+    write(tmp_path / "grpo" / "passk.json", {"k": ks, "pass_at_k": [0.55, 0.62, 0.68, 0.72, 0.75, 0.78, 0.81]})
+    write(tmp_path / "grpo-judge" / "eval.json", {"accuracy": 0.5, "win_rate_vs_sft": 0.7, "kl_to_sft": 2.0})
+    report = build_report(tmp_path).read_text()
+    assert "## 7. RL with verifiable rewards" in report
+    assert (tmp_path / "pass_at_k.png").stat().st_size > 1000
+    # the run table: pass@1 and pass@64 from passk.json, the rest from eval.json; the judge run labelled as an ablation
+    assert "| SFT (where every run starts) | 30% | 80% | 44% | 50% (itself) | 17% | 0% | 0 |" in report
+    assert "| GRPO, mixed rewards (default) | 55% | 81% | 60% | 66% | 85% | 5% | 1.234 |" in report
+    assert "| GRPO, gold judge (ablation: a perfect reward model) | – | – | 50% | 70% | – | – | 2.000 |" in report
+    assert "| GRPO | 55% | 62% | 68% | 72% | 75% | 78% | 81% |" in report
+    # the paragraph is written from the numbers: +25 points at k = 1, +1 at k = 64
+    assert "pass@1 by +25.0 points (30.0% → 55.0%) and pass@64 by +1.0 points" in report
+    # GRPO also joins the capability table
+    assert "| capability | measured as | SFT | GRPO |" in report
