@@ -234,8 +234,9 @@ def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: fl
     if kind == "verifier":
         assert None not in checked, "--reward verifier got a prompt without a checkable answer"
         return torch.tensor(checked, device=device)
+    need_rm = [i for i, c in enumerate(checked) if c is None or kind == "rm"]  # mixed: only where nothing is checkable
     scores = torch.zeros(len(texts), device=device)
-    for idx in torch.arange(len(texts), device=device).split(64):  # the reward model, in chunks
+    for idx in torch.tensor(need_rm, dtype=torch.long, device=device).split(64):  # the reward model, in chunks
         with common.autocast(device, dtype):
             scores[idx] = rm.score(batch["input_ids"][idx], batch["attention_mask"][idx]).float()
     scores -= eos_penalty * (~torch.tensor(ended, device=device)).float()
@@ -380,12 +381,12 @@ def main(argv=None):
                                      mask[idx], clip=args.clip, kl_coef=args.kl_coef, agg=args.loss_agg,
                                      max_len=args.max_new_tokens)
                 if step == start and epoch == 0 and mb_i == 0:
-                    # ratio exactly 1 here, so the loss is just -(the minibatch's mean advantage): about 0, since
-                    # advantages sum to 0 within each group. Its value says nothing about progress (its
-                    # GRADIENT is what moves the policy): watch the reward, not the loss.
+                    # ratio exactly 1 here, so the loss is just minus the minibatch's mean advantage (weighted as
+                    # --loss-agg weighs tokens): about 0, since advantages sum to 0 within each group. Its value
+                    # says nothing about progress (its GRADIENT moves the policy): watch the reward, not the loss.
                     dev = ((logp - old_logp[idx]).exp() - 1).abs().mul(mask[idx]).max().item()
                     print(f"check: first minibatch |ratio - 1| max {dev:.2e} (must be < 1e-5), "
-                          f"clip fraction {st['clipfrac'].item():.3f}, loss {loss.item():+.4f} (about 0: watch the reward)")
+                          f"clip fraction {st['clipfrac'].item():.3f} | loss {loss.item():+.4f} (about 0: watch the reward)")
                 common.check_finite(loss, grad_step, f"GRPO loss (step {step}, epoch {epoch}, minibatch {mb_i})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
