@@ -227,14 +227,28 @@ def test_micro_run_end_to_end(tiny_checkpoints):
     assert "win_rate_vs_sft" in metrics and "pass_at_1" in metrics and "sft_pass_at_4" in metrics
 
 
-def test_bad_flags_fail_before_any_model_loads():
-    for flags, msg in ((["--group-size", "1"], "at least 2 samples"),
-                       (["--minibatch-size", "7"], "must divide"),
-                       (["--reward", "verifier", "--prompts", "hh-rlhf"], "toy world"),
-                       (["--kl-coef", "-1"], "must be >= 0")):
-        proc = subprocess.run([sys.executable, "train_grpo.py", "--init", "/nonexistent", *flags], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and msg in proc.stderr, (flags, proc.stderr[-500:])
+@pytest.mark.parametrize("flags, msg", [
+    (["--group-size", "1"], "at least 2 samples"),
+    (["--minibatch-size", "7"], "must divide"),
+    (["--reward", "verifier", "--prompts", "hh-rlhf"], "toy world"),
+    (["--kl-coef", "-1"], "must be >= 0"),
+    (["--advantage", "ppo"], "invalid choice"),
+])
+def test_bad_flags_fail_before_any_model_loads(flags, msg, capsys):
+    import train_grpo
+
+    with pytest.raises(SystemExit) as e:
+        train_grpo.parse_args(["--init", "/nonexistent", *flags])  # parse_args runs before anything is loaded
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_each_estimator_gets_its_papers_reduction_unless_told():
+    import train_grpo
+
+    assert train_grpo.parse_args(["--advantage", "dr_grpo"]).loss_agg == "constant"
+    assert train_grpo.parse_args(["--advantage", "grpo"]).loss_agg == "seq-mean"
+    assert train_grpo.parse_args(["--advantage", "rloo"]).loss_agg == "token-mean"
+    assert train_grpo.parse_args(["--advantage", "dr_grpo", "--loss-agg", "seq-mean"]).loss_agg == "seq-mean"
 
 
 # -----------------------------------------------------------------------------
