@@ -28,6 +28,10 @@ With reference models:
   kl_to_<name>               mean sequence KL estimated from our own samples,
                              sum_t [log pi(y_t|..) - log ref(y_t|..)] with y ~ pi at temperature 1
                              (an unbiased Monte Carlo estimate).
+Separately (pass_at_k_curve, stored as passk.json beside a checkpoint):
+  pass@k                     on the held-out fact and skill prompts, from 64 samples per prompt at
+                             temperature 1: the chance that some of k samples is right (unbiased estimator
+                             of Chen et al. 2021), k = 1 ... 64. pass@1 is the sampled accuracy.
 """
 
 import hashlib
