@@ -93,21 +93,25 @@ DEFAULT_LOSS_AGG = {"grpo": "seq-mean", "dr_grpo": "constant", "rloo": "token-me
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", default="checkpoints/sft", help="SFT checkpoint: the initial policy and the frozen reference")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", default="checkpoints/sft",
+                   help="SFT checkpoint: the initial policy and the frozen reference")
     p.add_argument("--rm", default="checkpoints/rm", help="reward model checkpoint (frozen), for --reward rm and mixed")
-    p.add_argument("--base", default="checkpoints/base", help="base checkpoint for win_rate_vs_base and pass@k (empty = skip)")
+    p.add_argument("--base", default="checkpoints/base",
+                   help="base checkpoint for win_rate_vs_base and pass@k (empty = skip)")
     p.add_argument("--prompts", default="world", help="world | hh-rlhf | PATH (.jsonl with a prompt field)")
     p.add_argument("--reward", default="mixed", choices=["verifier", "rm", "mixed", "judge"],
-                   help="verifier = checkable answers only (fact and skill prompts); rm = the reward model; mixed = the "
-                        "verifier where an answer can be checked, the reward model elsewhere; judge = the gold judge "
-                        "(an ablation: a perfect reward model)")
+                   help="verifier = checkable answers only (fact and skill prompts); rm = the reward model; "
+                        "mixed = the verifier where an answer can be checked, the reward model elsewhere; "
+                        "judge = the gold judge (an ablation: a perfect reward model)")
     p.add_argument("--advantage", default="grpo", choices=["grpo", "dr_grpo", "rloo"], help="group advantage estimator")
     p.add_argument("--loss-agg", default="", choices=["", "seq-mean", "token-mean", "constant"],
-                   help="how token losses are reduced; empty = the estimator's paper (grpo: seq-mean, dr_grpo: constant, "
-                        "rloo: token-mean)")
+                   help="how token losses are reduced; empty = the estimator's paper (grpo: seq-mean, "
+                        "dr_grpo: constant, rloo: token-mean)")
     p.add_argument("--steps", type=common.positive_int, default=30, help="rollout + optimization rounds")
-    p.add_argument("--prompts-per-step", type=common.positive_int, default=16, help="prompts (groups) per rollout batch")
+    p.add_argument("--prompts-per-step", type=common.positive_int, default=16,
+                   help="prompts (groups) per rollout batch")
     p.add_argument("--group-size", type=common.positive_int, default=8, help="G: samples per prompt (>= 2)")
     p.add_argument("--epochs", type=common.positive_int, default=2, help="passes over each rollout batch")
     p.add_argument("--minibatch-size", type=common.positive_int, default=32, help="responses per gradient step")
@@ -115,14 +119,19 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=common.positive_float, default=2e-5, help="learning rate (constant after warmup)")
     p.add_argument("--warmup", type=common.nonneg_int, default=4, help="linear warmup, in gradient steps")
     p.add_argument("--clip", type=common.positive_float, default=0.2, help="ratio clip epsilon")
-    p.add_argument("--kl-coef", type=common.nonneg_float, default=0.0, help="beta: weight of the k3 KL to the reference in the loss")
+    p.add_argument("--kl-coef", type=common.nonneg_float, default=0.0,
+                   help="beta: weight of the k3 KL to the reference in the loss (0 = off)")
     p.add_argument("--missing-eos-penalty", type=common.nonneg_float, default=1.0,
-                   help="subtracted from reward-model scores of responses without EOS (the verifier has its own format check)")
+                   help="subtracted from reward-model scores of responses without EOS "
+                        "(the verifier has its own format check)")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation and pass@k (smoke tests)")
-    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
-    p.add_argument("--passk-samples", type=common.nonneg_int, default=64, help="samples per prompt for pass@k (0 = skip)")
-    p.add_argument("--passk-also", default="", help="comma-separated checkpoints whose pass@k to measure too (ppo, dpo)")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
+                   help="evaluate on this many held-out prompts; 0 = all")
+    p.add_argument("--passk-samples", type=common.nonneg_int, default=64,
+                   help="samples per held-out fact / skill prompt for pass@k (0 = skip)")
+    p.add_argument("--passk-also", default="",
+                   help="comma-separated checkpoints whose pass@k to measure too (ppo, dpo)")
     common.add_common_args(p, out_dir="checkpoints/grpo")
     args = p.parse_args(argv)
     if args.group_size < 2:
@@ -354,7 +363,8 @@ def main(argv=None):
         group_of = [x for x in prompts for _ in range(G)]  # (B,) the instruction of every response
         policy.eval()
         texts, ended, batch = sample_groups(policy, tok, prompts, G, args.max_new_tokens, sample_gen, device, dtype)
-        rewards = rewards_of(args.reward, group_of, texts, ended, batch, rm, args.missing_eos_penalty, device, dtype)  # (B,)
+        rewards = rewards_of(args.reward, group_of, texts, ended, batch, rm, args.missing_eos_penalty,
+                             device, dtype)  # (B,)
         advantages = group_advantages(rewards, G, args.advantage)  # (B,)
         mask = batch["response_mask"]  # (B, n)
         t_roll = time.time() - t0
@@ -386,11 +396,13 @@ def main(argv=None):
                     # says nothing about progress (its GRADIENT moves the policy): watch the reward, not the loss.
                     dev = ((logp - old_logp[idx]).exp() - 1).abs().mul(mask[idx]).max().item()
                     print(f"check: first minibatch |ratio - 1| max {dev:.2e} (must be < 1e-5), "
-                          f"clip fraction {st['clipfrac'].item():.3f} | loss {loss.item():+.4f} (about 0: watch the reward)")
+                          f"clip fraction {st['clipfrac'].item():.3f} | loss {loss.item():+.4f} "
+                          "(about 0: watch the reward)")
                 common.check_finite(loss, grad_step, f"GRPO loss (step {step}, epoch {epoch}, minibatch {mb_i})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+                torch.nn.utils.clip_grad_norm_(policy.parameters(),
+                                               args.grad_clip if args.grad_clip > 0 else float("inf"))
                 opt.step()
                 grad_step += 1
                 acc.append({"loss": loss.item()} | {k: v.item() for k, v in st.items()})
@@ -464,10 +476,12 @@ def main(argv=None):
                 pk = evaluate.pass_at_k_cached(d, m, tok, world, device=device, dtype=dtype, n=args.passk_samples,
                                                seed=args.seed, limit=args.eval_limit)
                 ks = pk["k"]
-                print(f"pass@k {name:>8}: " + "  ".join(f"@{k} {100 * v:.1f}%" for k, v in zip(pk["k"], pk["pass_at_k"])))
+                print(f"pass@k {name:>8}: "
+                      + "  ".join(f"@{k} {100 * v:.1f}%" for k, v in zip(pk["k"], pk["pass_at_k"])))
                 if name in ("grpo", "sft"):  # this model's, and where it started
                     prefix = "" if name == "grpo" else "sft_"
-                    metrics[f"{prefix}pass_at_1"], metrics[f"{prefix}pass_at_{ks[-1]}"] = pk["pass_at_k"][0], pk["pass_at_k"][-1]
+                    metrics[f"{prefix}pass_at_1"] = pk["pass_at_k"][0]
+                    metrics[f"{prefix}pass_at_{ks[-1]}"] = pk["pass_at_k"][-1]
         common.save_stage(args.out, policy, stage="grpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
                           train_state=ckpt.load_train_state(args.out),
                           extra={"init": args.init, "rm": args.rm, "world_seed": init_config.get("world_seed", 0)})

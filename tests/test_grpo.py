@@ -121,9 +121,11 @@ def test_grpo_loss_at_ratio_one_is_minus_the_mean_advantage():
     logp = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[1.0] * 5, [1.0] + [0.0] * 4, [1.0] * 4 + [0.0], [1.0] * 2 + [0.0] * 3])  # lengths 5, 1, 4, 2
     # seq-mean: -mean(A) = 0, whatever the lengths
-    loss, stats = grpo_loss(logp, logp.clone(), logp.clone(), adv, mask, clip=0.2, kl_coef=0.1, agg="seq-mean", max_len=5)
+    loss, stats = grpo_loss(logp, logp.clone(), logp.clone(), adv, mask, clip=0.2, kl_coef=0.1, agg="seq-mean",
+                            max_len=5)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
-    assert stats["clipfrac"].item() == 0.0 and stats["ratio"].item() == pytest.approx(1.0) and stats["kl_k3"].item() == 0.0
+    assert stats["clipfrac"].item() == 0.0 and stats["kl_k3"].item() == 0.0
+    assert stats["ratio"].item() == pytest.approx(1.0)
     # token-mean: -(5a - 1a - 4a + 2a) / 12 = -a/6: the long responses' tokens outvote the short ones'
     loss_tok, _ = grpo_loss(logp, logp.clone(), None, adv, mask, clip=0.2, kl_coef=0.0, agg="token-mean", max_len=5)
     assert loss_tok.item() == pytest.approx(-a / 6, abs=1e-6)
@@ -275,7 +277,8 @@ def test_report_grpo_section_and_pass_at_k_plot(tmp_path):
     # the run table: pass@1 and pass@64 from passk.json, the rest from eval.json; the judge run labelled as an ablation
     assert "| SFT (where every run starts) | 30% | 80% | 44% | 50% (itself) | 17% | 0% | 0 |" in report
     assert "| GRPO, mixed rewards (default) | 55% | 81% | 60% | 66% | 85% | 5% | 1.234 |" in report
-    assert "| GRPO, gold judge (ablation: a perfect reward model) | – | – | 50% | 70% | – | – | 2.000 |" in report
+    judge_row = "| GRPO, gold judge (ablation: a perfect reward model) | – | – | 50% | 70% | – | – | 2.000 |"
+    assert judge_row in report
     assert "| GRPO | 55% | 62% | 68% | 72% | 75% | 78% | 81% |" in report
     # the paragraph is written from the numbers: +25 points at k = 1, +1 at k = 64
     assert "pass@1 by +25.0 points (30.0% → 55.0%) and pass@64 by +1.0 points" in report
