@@ -33,7 +33,7 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False):
         ppo = ["--iterations", "2", "--batch-size", "8", "--minibatch-size", "4", "--max-new-tokens", "8"] + lim
         dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5", "--policy-pairs", "16"] + lim
         grpo = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--minibatch-size", "8",
-                "--max-new-tokens", "8", "--passk-samples", "4"] + lim
+                "--max-new-tokens", "8", "--passk-samples", "4", "--passk-prompts", "8"] + lim
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
     else:
         # (the whole run fits in 15 minutes on 2 CPU cores: one sweep beta, a short run without KL penalty,

@@ -130,6 +130,8 @@ def parse_args(argv=None):
                    help="evaluate on this many held-out prompts; 0 = all")
     p.add_argument("--passk-samples", type=common.nonneg_int, default=64,
                    help="samples per held-out fact / skill prompt for pass@k (0 = skip)")
+    p.add_argument("--passk-prompts", type=common.nonneg_int, default=0,
+                   help="pass@k on this many of the held-out fact / skill prompts, evenly spread; 0 = all")
     p.add_argument("--passk-also", default="",
                    help="comma-separated checkpoints whose pass@k to measure too (ppo, dpo)")
     common.add_common_args(p, out_dir="checkpoints/grpo")
@@ -474,7 +476,7 @@ def main(argv=None):
                     print(f"pass@k: no checkpoint at {d}, skipped")
             for name, (m, d) in models.items():
                 pk = evaluate.pass_at_k_cached(d, m, tok, world, device=device, dtype=dtype, n=args.passk_samples,
-                                               seed=args.seed, limit=args.eval_limit)
+                                               seed=args.seed, limit=args.passk_prompts)
                 ks = pk["k"]
                 print(f"pass@k {name:>8}: "
                       + "  ".join(f"@{k} {100 * v:.1f}%" for k, v in zip(pk["k"], pk["pass_at_k"])))

@@ -201,7 +201,8 @@ def test_micro_run_end_to_end(tiny_checkpoints):
     out = d / "grpo"
     cmd = [sys.executable, "train_grpo.py", "--init", d / "sft", "--rm", d / "rm", "--base", "", "--out", out,
            "--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--minibatch-size", "8",
-           "--max-new-tokens", "6", "--eval-limit", "4", "--passk-samples", "4", "--device", "cpu", "--dtype", "fp32"]
+           "--max-new-tokens", "6", "--eval-limit", "4", "--passk-samples", "4", "--passk-prompts", "4",
+           "--device", "cpu", "--dtype", "fp32"]
     proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # the step-0 check: the first minibatch's ratio is exactly 1, so nothing is clipped
