@@ -271,8 +271,8 @@ def response_logprobs(model, batch, device, dtype):
     T0 = batch["prompt_len"]
     with common.autocast(device, dtype):
         h = model.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T0 + n, C)
-        logits = model.lm_head(h[:, T0 - 1 :])  # (B, n + 1, V): position T0 - 1 predicts the first response token
-    return common.token_logprobs(logits, batch["input_ids"][:, T0 - 1 :]), logits[:, :-1]  # (B, n), (B, n, V)
+        logits = model.lm_head(h[:, T0 - 1 : -1])  # (B, n, V): position T0 - 1 predicts the first response token
+    return common.token_logprobs(logits, batch["input_ids"][:, T0:]), logits  # (B, n), (B, n, V)
 
 
 @torch.no_grad()
@@ -446,20 +446,10 @@ def main(argv=None):
 
     if not args.skip_eval and is_world:
         from minipost import evaluate
-        from minipost.world import build_world
 
-        world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-        refs, dirs = {"sft": ref}, {"sft": args.init}
-        if args.base:
-            base, _, _ = common.load_model(args.base, device)
-            refs["base"], dirs["base"] = common.frozen(base), args.base
-        # the references' answers: stored by their own stages when they match, generated otherwise
-        ref_results = {name: evaluate.evaluate_reference(m, dirs[name], tok, world, device=device, dtype=dtype,
-                                                         seed=args.seed, limit=args.eval_limit) for name, m in refs.items()}
-        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, ref_results=ref_results,
-                                         seed=args.seed, limit=args.eval_limit)
-        evaluate.print_samples(result, n=2, title="GRPO model, held-out prompts (greedy)")
-        evaluate.print_metrics(result["metrics"], "GRPO evaluation")
+        world, _, result = evaluate.evaluate_stage(policy, tok, world_seed=init_config.get("world_seed", 0), sft=ref,
+                                                   sft_dir=args.init, base_dir=args.base, device=device, dtype=dtype,
+                                                   seed=args.seed, limit=args.eval_limit, title="GRPO")
         evaluate.write_eval(args.out, result)
         metrics = {**final, **result["metrics"]}
 
