@@ -276,14 +276,15 @@ def response_logprobs(model, batch, device, dtype):
 
 
 @torch.no_grad()
-def sample_groups(policy, tok, instructions: list[str], group_size: int, max_new_tokens: int, gen, device, dtype):
+def sample_groups(policy, tok, instructions: list[str], group_size: int, max_new_tokens: int, sample_rng,
+                  device, dtype):
     """G samples (temperature 1, KV cache) for each instruction, groups side by side: B = P x G responses.
     Returns (texts, ended_with_eos, batch). batch: prompts left-padded to T0 tokens, then responses from
     column T0 on, right-padded; response_mask (B, n) is 1 on response tokens incl. the EOS that ended one.
     Every mask comes from lengths, never from token ids (the pad id is the EOS id)."""
     repeated = [x for x in instructions for _ in range(group_size)]  # (B,): group g is rows g*G .. g*G+G-1
     texts, token_lists, ended = generate_responses(policy, tok, repeated, device=device, dtype=dtype, temperature=1.0,
-                                                   generator=gen, max_new_tokens=max_new_tokens,
+                                                   generator=sample_rng, max_new_tokens=max_new_tokens,
                                                    batch_size=len(repeated))
     prompts = data.collate([(ids, len(ids)) for ids in (tok.encode(chat_prompt(x)) for x in repeated)], tok.eos_id,
                            side="left")
@@ -335,16 +336,16 @@ def main(argv=None):
     is_world = args.prompts == "world"
 
     opt = common.make_optimizer(policy, args.lr, weight_decay=0.0)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)  # prompt picks and minibatch order
-    sample_gen = torch.Generator(device=device).manual_seed(args.seed)  # sampling
+    data_rng = torch.Generator(device="cpu").manual_seed(args.seed)  # prompt picks and minibatch order
+    sample_rng = torch.Generator(device=device).manual_seed(args.seed)  # sampling
     start = 0
     if args.resume:
         sd, _ = ckpt.load_checkpoint(args.out)
         ckpt.load_into(policy, sd, args.out)
         state = ckpt.load_train_state(args.out)
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["data_rng"])
-        sample_gen.set_state(state["sample_rng"])
+        data_rng.set_state(state["data_rng"])
+        sample_rng.set_state(state["sample_rng"])
         common.set_rng_state(state["rng"])
         start = state["step"]
         print(f"resumed {args.out} at step {start}")
@@ -352,19 +353,19 @@ def main(argv=None):
 
     def save(step, metrics):
         common.save_stage(args.out, policy, stage="grpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state={"optimizer": opt.state_dict(), "step": step, "data_rng": gen.get_state(),
-                                       "sample_rng": sample_gen.get_state(), "rng": common.rng_state()},
+                          train_state={"optimizer": opt.state_dict(), "step": step, "data_rng": data_rng.get_state(),
+                                       "sample_rng": sample_rng.get_state(), "rng": common.rng_state()},
                           extra={"init": args.init, "rm": args.rm, "world_seed": init_config.get("world_seed", 0)})
 
     B, G = args.prompts_per_step * args.group_size, args.group_size
     grad_step = 0
     for step in range(start, args.steps):
         t0 = time.time()
-        picks = torch.randint(0, len(instructions), (args.prompts_per_step,), generator=gen).tolist()
+        picks = torch.randint(0, len(instructions), (args.prompts_per_step,), generator=data_rng).tolist()
         prompts = [instructions[i] for i in picks]
         group_of = [x for x in prompts for _ in range(G)]  # (B,) the instruction of every response
         policy.eval()
-        texts, ended, batch = sample_groups(policy, tok, prompts, G, args.max_new_tokens, sample_gen, device, dtype)
+        texts, ended, batch = sample_groups(policy, tok, prompts, G, args.max_new_tokens, sample_rng, device, dtype)
         rewards = rewards_of(args.reward, group_of, texts, ended, batch, rm, args.missing_eos_penalty,
                              device, dtype)  # (B,)
         advantages = group_advantages(rewards, G, args.advantage)  # (B,)
@@ -373,7 +374,7 @@ def main(argv=None):
 
         # old and reference log-probs, minibatch by minibatch in the order of the first epoch: the first
         # training forward pass is then bitwise the one that made old_logp (ratio exactly 1)
-        perm = torch.randperm(B, generator=gen).to(device)
+        perm = torch.randperm(B, generator=data_rng).to(device)
         old_logp, ref_logp = torch.zeros_like(mask), torch.zeros_like(mask)
         with torch.no_grad():
             for idx in perm.split(args.minibatch_size):
@@ -385,7 +386,7 @@ def main(argv=None):
         policy.train()  # dropout is off (load_model): train mode changes nothing in the forward pass
         acc = []
         for epoch in range(args.epochs):
-            order = perm if epoch == 0 else torch.randperm(B, generator=gen).to(device)
+            order = perm if epoch == 0 else torch.randperm(B, generator=data_rng).to(device)
             for mb_i, idx in enumerate(order.split(args.minibatch_size)):
                 common.set_lr(opt, args.lr * min(1.0, (grad_step + 1) / max(1, args.warmup)))
                 logp, logits = response_logprobs(policy, minibatch(batch, idx), device, dtype)
