@@ -38,7 +38,8 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False):
     else:
         # (the whole run fits in 15 minutes on 2 CPU cores: one sweep beta, a short run without KL penalty,
         # and a larger base that gets less compute than the small one -- see the report)
-        base, sft, rm, ppo, dpo, grpo = [], [], [], [], ["--beta-sweep", "0.1"], []
+        # GRPO's pass@k: 64 samples for each of 64 held-out fact / skill prompts, per model
+        base, sft, rm, ppo, dpo, grpo = [], [], [], [], ["--beta-sweep", "0.1"], ["--passk-prompts", "64"]
         big = ["--steps", "100"]
     # GRPO also measures pass@k of SFT, base, PPO and DPO (stored in their directories), hence after them
     grpo_stage = ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--passk-also", f"{c('ppo')},{c('dpo')}"]
