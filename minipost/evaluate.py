@@ -28,6 +28,10 @@ With reference models:
   kl_to_<name>               mean sequence KL estimated from our own samples,
                              sum_t [log pi(y_t|..) - log ref(y_t|..)] with y ~ pi at temperature 1
                              (an unbiased Monte Carlo estimate).
+Separately (pass_at_k_curve, stored as passk.json beside a checkpoint):
+  pass@k                     on the held-out fact and skill prompts, from 64 samples per prompt at
+                             temperature 1: the chance that some of k samples is right (unbiased estimator
+                             of Chen et al. 2021), k = 1 ... 64. pass@1 is the sampled accuracy.
 """
 
 import hashlib
@@ -419,6 +423,81 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
         except OSError as e:  # a read-only checkpoint directory: no cache, nothing else changes
             print(f"policy pairs: not cached ({e})")
     return pairs, stats
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of pass@k (Chen et al. 2021, eq. 1) from n samples of which c are correct:
+
+        pass@k = 1 - C(n - c, k) / C(n, k)
+
+    the probability that k samples drawn WITHOUT replacement from the n include a correct one. Taking
+    1 - (1 - c/n)^k instead is biased low (it draws with replacement). Computed as the product
+    1 - prod_{i = n-c+1}^{n} (1 - k / i), which never forms the huge binomials."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:  # every k-subset holds a correct sample
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+PASS_AT_K = (1, 2, 4, 8, 16, 32, 64)
+
+
+def pass_at_k_curve(model, tok: Tokenizer, world, *, device, dtype=torch.float32, n: int = 64, ks=PASS_AT_K,
+                    seed: int = 0, limit: int = 0, batch_size: int = 256) -> dict:
+    """pass@k on the world's held-out fact and skill prompts (the ones with one checkable answer): n samples
+    per prompt at temperature 1, each marked correct or not by the judge's exact-answer rule (the same
+    `correct` as `accuracy`), then pass@k averaged over prompts for every k <= n in ks.
+
+    pass@1 is the sampled accuracy (what one answer gets right on average); pass@k at large k is what the
+    model CAN say when some attempt may succeed. RL that sharpens a distribution raises pass@1 toward it;
+    only new knowledge raises pass@k at large k (Yue et al. 2025). `limit` > 0: an evenly spread subset.
+    Returns {"k": [...], "pass_at_k": [...], "fact": [...], "skill": [...], "n", "n_prompts", "correct"}."""
+    from minipost.world import judge
+
+    prompts = [p for p in world.eval_prompts if p["kind"] in ("fact", "skill")]
+    if limit > 0:
+        prompts = prompts[:: max(1, len(prompts) // limit)][:limit]
+    instructions = [p["prompt"] for p in prompts]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    repeated = [x for x in instructions for _ in range(n)]  # n copies of each prompt, side by side
+    texts, _, _ = generate_responses(model, tok, repeated, device=device, dtype=dtype, temperature=1.0,
+                                     generator=gen, batch_size=batch_size)
+    correct = [sum(bool(judge(x, y).correct) for y in texts[i * n : (i + 1) * n]) for i, x in enumerate(instructions)]
+    ks = [k for k in ks if k <= n]
+
+    def curve(kind=None):
+        cs = [c for p, c in zip(prompts, correct) if kind is None or p["kind"] == kind]
+        return [sum(pass_at_k(n, c, k) for c in cs) / len(cs) for k in ks] if cs else None
+
+    return {"k": ks, "pass_at_k": curve(), "fact": curve("fact"), "skill": curve("skill"), "n": n,
+            "n_prompts": len(prompts), "correct": correct}
+
+
+def pass_at_k_cached(ckpt_dir, model, tok: Tokenizer, world, *, device, dtype=torch.float32, n: int = 64,
+                     seed: int = 0, limit: int = 0) -> dict:
+    """pass_at_k_curve of the model in ckpt_dir, stored there as passk.json with what made it (the weights'
+    sha256, n, seed, limit) and reused when all of it matches: the report reads it, and a later stage that
+    measures the same reference (SFT, base) does not sample 64 answers per prompt again."""
+    from minipost.checkpoint import atomic_write_json
+
+    settings = {"n": n, "seed": seed, "limit": limit, "max_new_tokens": MAX_NEW_TOKENS,
+                "weights_sha256": weights_fingerprint(model)}
+    path = Path(ckpt_dir) / "passk.json"
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == settings:
+            print(f"pass@k: reusing {path} (same weights and settings)")
+            return stored
+    except (OSError, ValueError, AttributeError):
+        pass  # missing or unreadable: measure again
+    result = {**pass_at_k_curve(model, tok, world, device=device, dtype=dtype, n=n, seed=seed, limit=limit),
+              "settings": settings}
+    try:
+        atomic_write_json(path, result)
+    except OSError as e:  # a read-only checkpoint directory: the numbers are still returned
+        print(f"pass@k: not stored ({e})")
+    return result
 
 
 @torch.no_grad()
