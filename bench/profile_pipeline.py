@@ -1,7 +1,7 @@
 """
 Where the seconds of `python pipeline.py` go: every stage of pipeline.py's plan run once, in order, each in its
-own process under cProfile, then the cumulative seconds of the functions that matter (training steps,
-evaluation, generation, reference log-probs, policy pairs, the DPO sweep, saving, plotting) per stage.
+own process under cProfile, then each stage's main() split into the calls it makes (training forward / backward /
+optimizer step, evaluation, generation, reference log-probs, policy pairs, saving, plotting).
 
 The stages, their arguments and their order come from pipeline.stages(), so this profiles exactly what a fresh
 clone runs. Checkpoints go to a scratch directory (fresh: nothing cached), never to checkpoints/.
@@ -16,6 +16,7 @@ what to read, not absolute seconds. Other processes' share of the CPU is recorde
 """
 
 import argparse
+import json
 import pstats
 import shutil
 import subprocess
@@ -29,35 +30,47 @@ import run_all
 sys.path.insert(0, str(benchlib.ROOT))
 import pipeline  # noqa: E402  (the plan itself: stage names, scripts, arguments)
 
-# (label, file suffix, function name): cumulative seconds of these are what the tables show. A function called
-# inside another listed one is counted in both (cumulative); the notes in docs/speed.md say which nest.
-PHASES = [
-    ("evaluate_model", "minipost/evaluate.py", "evaluate_model"),
-    ("evaluate_reference", "minipost/evaluate.py", "evaluate_reference"),
-    ("generate_responses", "minipost/evaluate.py", "generate_responses"),
-    ("knowledge_rank_accuracy", "minipost/evaluate.py", "knowledge_rank_accuracy"),
-    ("sequence_kl", "minipost/evaluate.py", "sequence_kl"),
-    ("judge", "minipost/world.py", "judge"),
-    ("policy_pairs", "minipost/evaluate.py", "policy_pairs"),
-    ("build_world", "minipost/world.py", "build_world"),
-    ("model.generate", "minipost/model.py", "generate"),
-    ("model.forward", "minipost/model.py", "forward"),
-    ("backward", "torch/_tensor.py", "backward"),
-    ("optimizer.step", "torch/optim/adamw.py", "step"),
-    ("clip_grad_norm", "torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
-    ("held_out_loss", "", "held_out_loss"),
-    ("reference_logps (dpo)", "train_dpo.py", "reference_logps"),
-    ("dpo train()", "train_dpo.py", "train"),
-    ("heldout_accuracy (dpo)", "train_dpo.py", "heldout_accuracy"),
-    ("pair_accuracy (rm)", "train_rm.py", "pair_accuracy"),
-    ("raw_rewards (rm)", "train_rm.py", "raw_rewards"),
-    ("rollout (ppo)", "train_ppo.py", "rollout"),
-    ("tokenize_corpus (base)", "train_base.py", "tokenize_corpus"),
-    ("save_stage", "minipost/common.py", "save_stage"),
-    ("plot_log", "minipost/common.py", "plot_log"),
-    ("load_model", "minipost/common.py", "load_model"),
-    ("import torch", "", "<module>"),  # filled specially: torch/__init__.py
-]
+# wrappers between a caller and the function it means: torch.no_grad decorators, the optimizer's step wrapper,
+# nn.Module.__call__; a wrapper's time is shown split over what it wrapped
+WRAPPERS = {"decorate_context", "_no_grad_wrapper", "wrapper", "_wrapped_call_impl", "_call_impl", "_use_grad"}
+
+
+def _label(key) -> str:
+    return f"{Path(key[0]).name}:{key[2]}"
+
+
+def breakdown(stats: dict, caller, depth: int = 0) -> dict:
+    """{label: seconds} of `caller`'s direct callees (cumulative time of the calls made from `caller`), with
+    wrappers replaced by what they wrapped (their callees' time from the wrapper, all callers of the wrapper:
+    exact when only `caller` uses that wrapper, an upper bound otherwise)."""
+    out = {}
+    for key, (_, _, _, _, callers) in stats.items():
+        if caller not in callers:
+            continue
+        seconds = callers[caller][3]
+        if key[2] in WRAPPERS and depth < 3:
+            inner = breakdown(stats, key, depth + 1)
+            scale = min(1.0, seconds / max(sum(inner.values()), 1e-9))  # never more than the wrapper's own time here
+            for label, sec in inner.items():
+                out[label] = out.get(label, 0.0) + sec * scale
+        else:
+            out[_label(key)] = out.get(_label(key), 0.0) + seconds
+    return out
+
+
+def phase_seconds(prof_path: Path, script: str) -> dict:
+    """Where the stage's main() spent its time: {callee: seconds}, biggest first (what is left is main's own
+    Python: the loop bodies' glue). DPO's training loop is its train() function: split too."""
+    stats = pstats.Stats(str(prof_path)).stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
+    mains = [k for k in stats if k[2] == "main" and k[0].endswith(script)]
+    if not mains:
+        return {}
+    out = breakdown(stats, mains[0])
+    out["main (total)"] = stats[mains[0]][3]
+    for k in stats:  # loops that live in a function of their own
+        if k[0].endswith(script) and k[2] in ("train",):
+            out.update({f"{k[2]}() > {label}": sec for label, sec in breakdown(stats, k).items()})
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def parse_args(argv=None):
@@ -66,25 +79,10 @@ def parse_args(argv=None):
     p.add_argument("--only", default="", help="comma-separated stages (default: all, in pipeline order)")
     p.add_argument("--micro", action="store_true", help="pipeline.py --micro's settings (a check; numbers meaningless)")
     p.add_argument("--keep", action="store_true", help="do not empty --checkpoints first (reuse earlier stages)")
+    p.add_argument("--summarize", action="store_true", help="run nothing: re-read the .prof files of --checkpoints")
     p.add_argument("--out", default="", help="JSON to write; default bench/results/pipeline_profile.json "
                    "(bench/results/quick/ with --micro)")
     return p.parse_args(argv)
-
-
-def phase_seconds(prof_path: Path) -> dict:
-    """{label: cumulative seconds} of PHASES in one stage's profile (functions that never ran are left out)."""
-    stats = pstats.Stats(str(prof_path)).stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
-    out = {}
-    for label, suffix, func in PHASES:
-        if label == "import torch":
-            hits = [v[3] for (f, _, fn), v in stats.items() if fn == "<module>" and f.endswith("torch/__init__.py")]
-        else:
-            hits = [v[3] for (f, _, fn), v in stats.items() if fn == func and f.endswith(suffix)]
-        if hits:
-            # a recursive or re-entered function's cumtime is already the outermost call's; several files
-            # defining the same name (held_out_loss) each ran in their own script: the sum is right here
-            out[label] = sum(hits)
-    return out
 
 
 def top_functions(prof_path: Path, n: int = 12) -> list[dict]:
@@ -95,9 +93,30 @@ def top_functions(prof_path: Path, n: int = 12) -> list[dict]:
             for (f, line, fn), v in rows]
 
 
+def summarize(args, ck: Path):
+    """Recompute the phases from the .prof files a run left (wall times and CPU shares from its JSON)."""
+    out_path = Path(args.out) if args.out else benchlib.results_dir(args.micro) / "pipeline_profile.json"
+    payload = json.loads(out_path.read_text()) if out_path.exists() else {"stages": []}
+    known = {r["stage"]: r for r in payload["stages"]}
+    rows = []
+    for name, script, _, _ in pipeline.stages(str(ck), args.micro):
+        prof = ck / "profiles" / f"{name}.prof"
+        if prof.exists():
+            rows.append({**known.get(name, {"stage": name}), "phases": phase_seconds(prof, script),
+                         "profiled_s": pstats.Stats(str(prof)).total_tt, "top_tottime": top_functions(prof)})
+    payload.update(stages=rows, benchmark="pipeline_profile", quick=args.micro)
+    payload.setdefault("machine", benchlib.machine_info(benchlib.torch.device("cpu")))
+    benchlib.write_json(out_path, payload)
+    for r in rows:
+        print(f"{r['stage']}: {r.get('wall_s', float('nan')):.0f}s wall; "
+              + ", ".join(f"{k} {v:.1f}s" for k, v in list(r["phases"].items())[:10]))
+
+
 def main(argv=None):
     args = parse_args(argv)
     ck = Path(args.checkpoints)
+    if args.summarize:
+        return summarize(args, ck)
     if ck.exists() and not args.keep:
         shutil.rmtree(ck)
     ck.mkdir(parents=True, exist_ok=True)
@@ -130,10 +149,10 @@ def main(argv=None):
         wall = time.perf_counter() - t0
         if result["rc"] != 0:
             raise SystemExit(f"stage {name} failed (exit {result['rc']}); see {log_path}")
-        phases = phase_seconds(prof)
+        phases = phase_seconds(prof, script)
         total = pstats.Stats(str(prof)).total_tt
         print(f"{name}: {wall:.1f}s wall, other processes {others:.0%} of the CPU; "
-              + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])[:10]), flush=True)
+              + ", ".join(f"{k} {v:.1f}s" for k, v in list(phases.items())[:12]), flush=True)
         rows.append({"stage": name, "cmd": " ".join(cmd[4:]), "wall_s": wall, "profiled_s": total,
                      "others_cpu_share": others, "phases": phases, "top_tottime": top_functions(prof)})
         write()

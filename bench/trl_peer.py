@@ -53,9 +53,10 @@ import train_sft  # noqa: E402
 TASKS = ["sft", "rm", "dpo"]
 # examples (SFT) or pairs (RM, DPO) per optimizer step: the scripts' 32 for tiny; 8 for the 124M shape, whose
 # step at 32 would take tens of seconds on 2 cores
-SHAPES = {"tiny": ("tiny", 32), "gpt2": ("gpt2", 8)}
-REPEATS = {"tiny": (5, 2), "gpt2": (3, 1)}  # (alternating rounds, timed steps per round)
-LOSS_STEPS = {"tiny": 4, "gpt2": 2}  # first steps whose losses are compared
+SHAPES = {"tiny": ("tiny", 32), "gpt2": ("gpt2", 4)}
+# (untimed warm-up steps, timed steps) of each side, alternating step by step; the warm-up steps' losses (same
+# weights, same batches on both sides) are the side-by-side check
+REPEATS = {"tiny": (2, 5), "gpt2": (2, 3)}
 
 
 def parse_args(argv=None):
@@ -67,8 +68,10 @@ def parse_args(argv=None):
                    help="auto = fp32 + bf16 autocast where fast; empty = auto, or fp32 with --quick")
     p.add_argument("--init", default="checkpoints/sft",
                    help="minipost checkpoint for the tiny shape (random init when it does not exist); gpt2 is random init")
-    p.add_argument("--rounds", type=common.nonneg_int, default=0, help="alternating rounds (0 = per shape: tiny 5, gpt2 3)")
-    p.add_argument("--steps", type=common.nonneg_int, default=0, help="timed steps per round (0 = per shape: tiny 2, gpt2 1)")
+    p.add_argument("--warmup", type=common.nonneg_int, default=0,
+                   help="untimed first steps of each side, whose losses are compared (0 = per shape: tiny 2, gpt2 2)")
+    p.add_argument("--steps", type=common.nonneg_int, default=0,
+                   help="timed steps of each side, alternating; the median is reported (0 = per shape: tiny 5, gpt2 3)")
     p.add_argument("--memory", default="all", choices=["all", "tiny", "none"],
                    help="peak memory of each configuration in a fresh process: every shape, tiny only, or none")
     # internal: one side of one configuration in a fresh process, for its peak memory
@@ -79,7 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.shapes, args.rounds, args.steps = "tiny", 2, 1
+        args.shapes, args.warmup, args.steps = "tiny", 2, 2
         args.memory = "none" if args.memory == "all" else args.memory
         args.dtypes = args.dtypes or "fp32"
     args.dtypes = args.dtypes or "auto"
@@ -293,10 +296,11 @@ def trl_dataset(task, batches, hp, datasets):
 
 
 class StepClock:
-    """A TrainerCallback's hooks, duck-typed: perf_counter at the end of every optimizer step."""
+    """A TrainerCallback, duck-typed: at the end of every TRL optimizer step, the time, then `after(k)` (a minipost
+    step: the two sides alternate step by step), then the time again. TRL's step k took ends[k] - resumed[k-1]."""
 
     def __init__(self):
-        self.ends = []
+        self.ends, self.resumed, self.after = [], [], None
 
     def __getattr__(self, name):  # every other callback event: nothing to do
         if name.startswith("on_"):
@@ -305,6 +309,9 @@ class StepClock:
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
+        if self.after is not None:
+            self.after(len(self.ends) - 1)
+        self.resumed.append(time.perf_counter())
 
 
 def trl_trainer(task, hf, batches, hp, device, dtype, tok_hf, trl, datasets, out_dir):
@@ -372,9 +379,7 @@ def build_side(side, task, shape, dtype, args, device, trl_mods):
     tok = Tokenizer(cfg.vocab_size)
     rows = load_work(task, tok, cfg.block_size)
     B = 4 if args.quick else SHAPES[shape][1]
-    rounds, steps = repeats(shape, args)
-    n_batches = max(LOSS_STEPS[shape], steps + 1)
-    batches = step_batches(rows, B, n_batches, seed=hp.seed)
+    batches = step_batches(rows, B, sum(repeats(shape, args)), seed=hp.seed)
     if task == "sft":
         hp.micro_batch_size = min(hp.micro_batch_size, B)
     info = {"source": source, "batch": B, "params": sum(p.numel() for p in model.parameters()), "lr": hp.lr,
@@ -384,9 +389,9 @@ def build_side(side, task, shape, dtype, args, device, trl_mods):
         step = minipost_stepper(task, model, ref_lp, batches, hp, device, dtype, tok.eos_id)
         losses = []
 
-        def run(n):
+        def run(n, start=0):
             times = []
-            for k in range(n):
+            for k in range(start, start + n):
                 t0 = time.perf_counter()
                 losses.append(step(k))
                 times.append(time.perf_counter() - t0)
@@ -403,32 +408,23 @@ def build_side(side, task, shape, dtype, args, device, trl_mods):
     accum = trainer.args.gradient_accumulation_steps
     step_losses = []
 
-    def run(n):  # n timed steps: one train() of 1 + n steps, the first (set-up) untimed
-        clock.ends.clear()
-        start = len(losses)
-        t0 = time.perf_counter()
-        trl_run(trainer, n + 1)
-        micro = losses[start:]
-        step_losses.extend(sum(micro[i : i + accum]) for i in range(0, len(micro), accum))
-        ends = [t0] + clock.ends
-        return [b - a for a, b in zip(ends[1:], ends[2:])]
-
-    def loss_run(n):  # the loss check: n steps from the start, every step reported
-        clock.ends.clear()
+    def run(n, after=None):
+        """One train() of n steps, calling after(k) at the end of step k; returns TRL's step times (the first
+        step's includes train()'s set-up)."""
+        clock.ends, clock.resumed, clock.after = [], [], after
         start = len(losses)
         t0 = time.perf_counter()
         trl_run(trainer, n)
         micro = losses[start:]
         step_losses.extend(sum(micro[i : i + accum]) for i in range(0, len(micro), accum))
-        return [b - a for a, b in zip([t0] + clock.ends, clock.ends)]
+        return [end - begin for begin, end in zip([t0] + clock.resumed, clock.ends)]
 
-    run.loss_run = loss_run
     return run, step_losses, info, hf
 
 
 def repeats(shape: str, args) -> tuple[int, int]:
-    rounds, steps = REPEATS[shape]
-    return args.rounds or rounds, args.steps or steps
+    warmup, steps = REPEATS[shape]
+    return args.warmup or warmup, args.steps or steps
 
 
 def child(args, device):
@@ -440,7 +436,7 @@ def child(args, device):
     gc.collect()
     benchlib.reset_peak_memory(device)  # from here: weights (+ reference) + data + what the steps need
     before = benchlib.peak_memory_now(device)
-    (run.loss_run if args.side == "trl" else run)(2)  # AdamW state is allocated in the first step
+    run(2)  # AdamW state is allocated in the first step
     peak = benchlib.peak_memory_now(device)
     benchlib.child_report({"base_mib": base_mem, "resident_mib": before, "peak_mib": peak, "delta_mib": peak - before})
 
@@ -465,25 +461,32 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()
     rows = []
+
+    def write(rows):
+        benchlib.write_json(benchlib.out_path(args, "trl_peer"), {
+            "benchmark": "trl_peer", "quick": args.quick, "machine": info, "rows": rows,
+            "args": {k: v for k, v in vars(args).items() if k not in ("child", "side", "task", "shape", "dtype")}})
+
     for shape in args.shapes.split(","):
         for task in args.tasks.split(","):
             for dtype in benchlib.bench_dtypes(device, args.dtypes):
                 dname = benchlib.dtype_name(dtype)
-                rounds, steps = repeats(shape, args)
+                warmup, timed = repeats(shape, args)
                 t_build = time.perf_counter()
                 sides = {s: build_side(s, task, shape, dtype, args, device, trl_mods) for s in ("minipost", "trl")}
                 build_s = time.perf_counter() - t_build
-                # the loss check (from the same weights; also the warm-up), then alternating timed rounds
-                n_loss = 2 if args.quick else LOSS_STEPS[shape]
-                first = {"minipost": sides["minipost"][0](n_loss), "trl": sides["trl"][0].loss_run(n_loss)}
-                losses = {s: list(sides[s][1][:n_loss]) for s in sides}
-                times = {"minipost": [], "trl": []}
-                for _ in range(rounds):
-                    for s in ("minipost", "trl"):
-                        times[s] += sides[s][0](steps)
+                # TRL step, minipost step, TRL step, ...: both see the same load, step by step. The first `warmup`
+                # steps of each are not timed (train()'s set-up, AdamW's state, thread pools); their losses, from
+                # the same weights and batches, are the side-by-side check.
+                mp_times = []
+                mp_run = sides["minipost"][0]
+                trl_times = sides["trl"][0](warmup + timed, after=lambda k: mp_times.extend(mp_run(1, start=k)))
+                times = {"minipost": mp_times[warmup:], "trl": trl_times[warmup:]}
+                first = {"minipost": mp_times[:warmup], "trl": trl_times[:warmup]}
+                losses = {s: list(sides[s][1]) for s in sides}
                 ms = {s: 1000 * benchlib.median(t) for s, t in times.items()}
                 row = {"task": task, "shape": shape, "dtype": dname, "batch": sides["minipost"][2]["batch"],
-                       "source": sides["minipost"][2]["source"], "rounds": rounds, "steps": steps,
+                       "source": sides["minipost"][2]["source"], "warmup": warmup, "steps": timed,
                        "ms_minipost": ms["minipost"], "ms_trl": ms["trl"], "speedup": ms["trl"] / ms["minipost"],
                        "step_s_minipost": times["minipost"], "step_s_trl": times["trl"],
                        "first_steps_s": first, "loss_minipost": losses["minipost"], "loss_trl": losses["trl"],
@@ -502,15 +505,13 @@ def main(argv=None):
                         row[f"peak_mib_{s}"] = mem and mem["delta_mib"]
                     print(f"  peak memory above resident: minipost {row.get('peak_mib_minipost')}, TRL {row.get('peak_mib_trl')} MiB")
                 rows.append(row)
-    print("\nms per optimizer step, median of alternating rounds; speedup = TRL ms / minipost ms")
+                write(rows)  # after every configuration: a run that is stopped keeps what it measured
+    print("\nms per optimizer step, median of the timed steps (alternating); speedup = TRL ms / minipost ms")
     benchlib.print_table(rows, [("task", "task", "s"), ("shape", "shape", "s"), ("dtype", "dtype", "s"), ("batch", "B", "d"),
                                 ("ms_minipost", "minipost ms", ",.1f"), ("ms_trl", "TRL ms", ",.1f"), ("speedup", "speedup", ".2f"),
                                 ("loss_max_diff", "loss diff", ".1e"), ("peak_mib_minipost", "mp MiB", ",.0f"),
                                 ("peak_mib_trl", "TRL MiB", ",.0f")])
-    benchlib.write_json(benchlib.out_path(args, "trl_peer"), {"benchmark": "trl_peer", "quick": args.quick, "machine": info,
-                                                             "args": {k: v for k, v in vars(args).items() if k not in
-                                                                      ("child", "side", "task", "shape", "dtype")},
-                                                             "rows": rows})
+    write(rows)
     return rows
 
 
