@@ -30,47 +30,55 @@ import run_all
 sys.path.insert(0, str(benchlib.ROOT))
 import pipeline  # noqa: E402  (the plan itself: stage names, scripts, arguments)
 
-# wrappers between a caller and the function it means: torch.no_grad decorators, the optimizer's step wrapper,
-# nn.Module.__call__; a wrapper's time is shown split over what it wrapped
-WRAPPERS = {"decorate_context", "_no_grad_wrapper", "wrapper", "_wrapped_call_impl", "_call_impl", "_use_grad"}
+# wrappers a stage's main() calls through: pstats knows the wrapper's callers but not which wrapped function each
+# call reached (one wrapper code object serves every decorated function), so they are named by what they wrap here
+WRAPPERS = {
+    "_contextlib.py:decorate_context": "torch.no_grad functions (generation, held-out evaluation, scoring)",
+    "module.py:_wrapped_call_impl": "model forward (outside the no_grad functions)",
+    "optimizer.py:wrapper": "optimizer step",
+    "clip_grad.py:_no_grad_wrapper": "gradient clipping",
+}
+# functions whose cumulative seconds (every call, whoever called) are listed too; they nest: generate_responses
+# runs inside evaluate_model, policy_pairs and train_rm.main; evaluate_reference calls evaluate_model
+NAMED = [("minipost/evaluate.py", "evaluate_model"), ("minipost/evaluate.py", "generate_responses"),
+         ("minipost/evaluate.py", "policy_pairs"), ("minipost/evaluate.py", "knowledge_rank_accuracy"),
+         ("minipost/evaluate.py", "sequence_kl"), ("minipost/world.py", "judge"), ("minipost/world.py", "build_world"),
+         ("", "held_out_loss"), ("train_rm.py", "pair_accuracy"), ("train_rm.py", "raw_rewards"),
+         ("train_dpo.py", "reference_logps"), ("train_dpo.py", "heldout_accuracy"), ("train_dpo.py", "train"),
+         ("train_ppo.py", "rollout"), ("train_base.py", "tokenize_corpus"), ("minipost/common.py", "save_stage"),
+         ("minipost/common.py", "plot_log"), ("minipost/common.py", "load_model")]
 
 
 def _label(key) -> str:
-    return f"{Path(key[0]).name}:{key[2]}"
+    name = f"{Path(key[0]).name}:{key[2]}"
+    return WRAPPERS.get(name, name)
 
 
-def breakdown(stats: dict, caller, depth: int = 0) -> dict:
-    """{label: seconds} of `caller`'s direct callees (cumulative time of the calls made from `caller`), with
-    wrappers replaced by what they wrapped (their callees' time from the wrapper, all callers of the wrapper:
-    exact when only `caller` uses that wrapper, an upper bound otherwise)."""
+def breakdown(stats: dict, caller) -> dict:
+    """{label: seconds} of `caller`'s direct callees: the cumulative time of the calls made from `caller` (they do
+    not overlap; what is left of caller's time is its own Python)."""
     out = {}
     for key, (_, _, _, _, callers) in stats.items():
-        if caller not in callers:
-            continue
-        seconds = callers[caller][3]
-        if key[2] in WRAPPERS and depth < 3:
-            inner = breakdown(stats, key, depth + 1)
-            scale = min(1.0, seconds / max(sum(inner.values()), 1e-9))  # never more than the wrapper's own time here
-            for label, sec in inner.items():
-                out[label] = out.get(label, 0.0) + sec * scale
-        else:
-            out[_label(key)] = out.get(_label(key), 0.0) + seconds
+        if caller in callers:
+            out[_label(key)] = out.get(_label(key), 0.0) + callers[caller][3]
     return out
 
 
 def phase_seconds(prof_path: Path, script: str) -> dict:
-    """Where the stage's main() spent its time: {callee: seconds}, biggest first (what is left is main's own
-    Python: the loop bodies' glue). DPO's training loop is its train() function: split too."""
+    """{"main": {callee: seconds} of the stage's main() (disjoint), "named": {function: cumulative seconds} of
+    NAMED (nested, see there), "main_s": main's total}."""
     stats = pstats.Stats(str(prof_path)).stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
     mains = [k for k in stats if k[2] == "main" and k[0].endswith(script)]
     if not mains:
         return {}
-    out = breakdown(stats, mains[0])
-    out["main (total)"] = stats[mains[0]][3]
-    for k in stats:  # loops that live in a function of their own
-        if k[0].endswith(script) and k[2] in ("train",):
-            out.update({f"{k[2]}() > {label}": sec for label, sec in breakdown(stats, k).items()})
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    direct = breakdown(stats, mains[0])
+    named = {}
+    for suffix, func in NAMED:
+        hits = [(k, v) for k, v in stats.items() if k[2] == func and k[0].endswith(suffix) and "site-packages" not in k[0]]
+        if hits:
+            named[func] = sum(v[3] for _, v in hits)
+            named[func + " calls"] = sum(v[1] for _, v in hits)
+    return {"main_s": stats[mains[0]][3], "main": dict(sorted(direct.items(), key=lambda kv: -kv[1])), "named": named}
 
 
 def parse_args(argv=None):
@@ -109,7 +117,7 @@ def summarize(args, ck: Path):
     benchlib.write_json(out_path, payload)
     for r in rows:
         print(f"{r['stage']}: {r.get('wall_s', float('nan')):.0f}s wall; "
-              + ", ".join(f"{k} {v:.1f}s" for k, v in list(r["phases"].items())[:10]))
+              + ", ".join(f"{k} {v:.1f}s" for k, v in list(r["phases"].get("main", {}).items())[:8]))
 
 
 def main(argv=None):
@@ -152,7 +160,7 @@ def main(argv=None):
         phases = phase_seconds(prof, script)
         total = pstats.Stats(str(prof)).total_tt
         print(f"{name}: {wall:.1f}s wall, other processes {others:.0%} of the CPU; "
-              + ", ".join(f"{k} {v:.1f}s" for k, v in list(phases.items())[:12]), flush=True)
+              + ", ".join(f"{k} {v:.1f}s" for k, v in list(phases.get("main", {}).items())[:8]), flush=True)
         rows.append({"stage": name, "cmd": " ".join(cmd[4:]), "wall_s": wall, "profiled_s": total,
                      "others_cpu_share": others, "phases": phases, "top_tottime": top_functions(prof)})
         write()
