@@ -21,10 +21,14 @@ from minipost.tokenizer import chat_prompt
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", "--init", dest="model", default="checkpoints/sft", help="checkpoint directory or GPT-2 name")
-    p.add_argument("--compare", default="", help="comma-separated checkpoints: print each one's answer to every --prompt")
-    p.add_argument("--prompt", action="append", default=[], help="an instruction (repeatable); without it, read standard input")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", "--init", dest="model", default="checkpoints/sft",
+                   help="checkpoint directory or GPT-2 name")
+    p.add_argument("--compare", default="",
+                   help="comma-separated checkpoints: print each one's answer to every --prompt")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="an instruction (repeatable); without it, read standard input")
     p.add_argument("--temperature", type=common.nonneg_float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=common.positive_int, default=None, help="sample only among the k most likely tokens")
     p.add_argument("--top-p", type=common.top_p_float, default=None, help="nucleus sampling mass, in (0, 1]")
@@ -54,9 +58,9 @@ def answer(model, tok, instruction, args, device, stream=None) -> str:
             stream.flush()
             shown = text
 
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    sample_rng = torch.Generator(device=device).manual_seed(args.seed)
     model.generate(ids, budget, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   eos_token_id=tok.eos_id, generator=gen, on_token=on_token)
+                   eos_token_id=tok.eos_id, generator=sample_rng, on_token=on_token)
     text = tok.decode(new_tokens)
     if stream is not None:
         stream.write(text[len(shown):] + "\n")

@@ -1,7 +1,7 @@
 """
 Stage 0 — pre-training the base model: next-token prediction on "the internet".
 
-Objective (the tutorial's pre-training loss, averaged over tokens):
+Objective (next-token cross-entropy, averaged over tokens):
 
     L_pretrain = -(1/N) * sum_t log P(x_t | x_<t)
 
@@ -40,8 +40,11 @@ from minipost.tokenizer import Tokenizer
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", default="", help=f"empty = train the preset from scratch; or {' | '.join(OFFICIAL)} = official weights, no training")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", default="",
+                   help=f"empty = train the preset from scratch; or {' | '.join(OFFICIAL)} = official weights, no "
+                        f"training")
     p.add_argument("--preset", default="tiny", help="model shape to train from scratch (minipost/model.py PRESETS)")
     p.add_argument("--n-docs", type=common.positive_int, default=60000, help="documents in the toy-world corpus")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the toy world (facts split, corpus, demos)")
@@ -56,10 +59,13 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=common.unit_float, default=0.0, help="dropout during pre-training")
     p.add_argument("--log-every", type=common.positive_int, default=25, help="print a log line every N steps")
     p.add_argument("--eval-every", type=common.positive_int, default=250, help="held-out loss every N steps")
-    p.add_argument("--save-every", type=common.positive_int, default=250, help="write a resumable checkpoint every N steps")
+    p.add_argument("--save-every", type=common.positive_int, default=250,
+                   help="write a resumable checkpoint every N steps")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
-    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
-    p.add_argument("--stop-at", type=int, default=-1, help="stop after this many steps as if interrupted (tests --resume); -1 = never")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
+                   help="evaluate on this many held-out prompts; 0 = all")
+    p.add_argument("--stop-at", type=int, default=-1,
+                   help="stop after this many steps as if interrupted (tests --resume); -1 = never")
     common.add_common_args(p, out_dir="checkpoints/base")
     return p.parse_args(argv)
 
@@ -75,9 +81,9 @@ def tokenize_corpus(docs: list[str], tok: Tokenizer) -> np.ndarray:
     return stream.astype(np.uint16 if tok.vocab_size <= 65536 else np.uint32)
 
 
-def get_batch(stream: torch.Tensor, batch_size: int, block_size: int, gen: torch.Generator):
+def get_batch(stream: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator):
     """x, y (B, T): y is x shifted by one token."""
-    starts = torch.randint(0, len(stream) - block_size - 1, (batch_size,), generator=gen)
+    starts = torch.randint(0, len(stream) - block_size - 1, (batch_size,), generator=generator)
     offsets = torch.arange(block_size + 1)
     chunk = stream[starts[:, None] + offsets[None, :]].long()  # (B, T+1)
     return chunk[:, :-1], chunk[:, 1:]
@@ -90,11 +96,11 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def held_out_loss(model, stream, args, device, dtype, n_batches=8) -> float:
-    gen = torch.Generator().manual_seed(1234)  # the same windows every time: comparable numbers
+    windows_rng = torch.Generator().manual_seed(1234)  # the same windows every time: comparable numbers
     model.eval()
     losses = []
     for _ in range(n_batches):
-        x, y = get_batch(stream, args.batch_size, args.block_size, gen)
+        x, y = get_batch(stream, args.batch_size, args.block_size, windows_rng)
         with common.autocast(device, dtype):
             losses.append(lm_loss(model(x.to(device)), y.to(device)).item())
     model.train()
@@ -128,7 +134,8 @@ def main(argv=None):
     args.block_size = config.block_size
     tok = Tokenizer(config.vocab_size)
     model = GPT(config).to(device)
-    common.print_config("train_base", args, {"device": device, "dtype": why, "params": f"{model.num_params() / 1e6:.2f}M"})
+    params = f"{model.num_params() / 1e6:.2f}M"
+    common.print_config("train_base", args, {"device": device, "dtype": why, "params": params})
 
     # ---- data: the toy world's corpus, 98% train / 2% held out (split by document)
     from minipost.world import build_world
@@ -144,34 +151,41 @@ def main(argv=None):
         raise SystemExit(f"error: held-out corpus of {len(val_stream)} tokens is shorter than a block; raise --n-docs")
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
+    data_rng = torch.Generator().manual_seed(args.seed)
     start = 0
     if args.resume:
-        start = common.resume(args.out, model, optimizer, gen)
+        start = common.resume(args.out, model, optimizer, data_rng)
 
     log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
 
     def save(step, metrics):
         common.save_stage(args.out, model, stage="base", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, gen),
+                          train_state=common.train_state(optimizer, step, data_rng),
                           extra={"world_seed": args.world_seed})
+
+    # --stop-at (a test hook): end early as if interrupted; --resume continues
+    interrupted = start < args.stop_at <= args.steps
+    end = args.stop_at if interrupted else args.steps
 
     # ---- the training loop
     model.train()
     t_last, tokens_since = time.time(), 0
-    for step in range(start, args.steps):
+    for step in range(start, end):
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
-        x, y = get_batch(train_stream, args.batch_size, args.block_size, gen)
+        x, y = get_batch(train_stream, args.batch_size, args.block_size, data_rng)
         x, y = x.to(device), y.to(device)
+        # ---- TRAINING STEP BEGIN
         with common.autocast(device, dtype):
             logits = model(x)  # (B, T, V)
         loss = lm_loss(logits, y)
         common.check_finite(loss, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
+        # ---- TRAINING STEP END; what follows only measures, logs and saves
         tokens_since += x.numel()
 
         last = step == args.steps - 1
@@ -185,15 +199,17 @@ def main(argv=None):
             t_last, tokens_since = time.time(), 0
         if (step + 1) % args.save_every == 0 and not last:
             save(step + 1, {})
-        if step + 1 == args.stop_at:
-            save(step + 1, {})
-            print(f"stopped at step {step + 1} (--stop-at); continue with --resume")
-            return
+
+    if interrupted:
+        save(end, {})
+        print(f"stopped at step {end} (--stop-at); continue with --resume")
+        return
 
     val = held_out_loss(model, val_stream, args, device, dtype)
     metrics = {"val_loss": val, "steps": args.steps}
     save(args.steps, metrics)
-    common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/loss.png", ["loss", "val_loss"], "pre-training (train_base.py)")
+    common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/loss.png", ["loss", "val_loss"],
+                    "pre-training (train_base.py)")
     print(f"held-out loss {val:.4f}; wrote {args.out}")
 
     # ---- what the base model knows, and how it answers (it doesn't, yet)
@@ -201,10 +217,12 @@ def main(argv=None):
         from minipost import evaluate
 
         model.eval()
-        result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit)
+        result = evaluate.evaluate_model(model, tok, world, device=device, dtype=dtype, seed=args.seed,
+                                         limit=args.eval_limit)
         evaluate.print_samples(result, n=4, title="base model, chat-template prompts (greedy)")
         evaluate.write_eval(args.out, result)
-        print(f"knowledge (held-out facts ranked first by likelihood): {common.fmt_pct(result['metrics']['knowledge_rank_accuracy'])}; "
+        knowledge = common.fmt_pct(result['metrics']['knowledge_rank_accuracy'])
+        print(f"knowledge (held-out facts ranked first by likelihood): {knowledge}; "
               f"answers in chat format: {common.fmt_pct(result['metrics']['format_rate'])}")
 
 

@@ -40,37 +40,35 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data
+from minipost import common, data, evaluate
 
 # -----------------------------------------------------------------------------
 # Config
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="checkpoints/sft", help="the SFT checkpoint: initial policy AND frozen reference")
     p.add_argument("--base", default="checkpoints/base", help="base checkpoint for win_rate_vs_base (empty = skip)")
-    p.add_argument("--data", default="world", help="world | hh-rlhf | PATH (.jsonl / .jsonl.gz with prompt, chosen, rejected)")
-    p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
-                   help="toy world: add judge-labelled pairs of the SFT model's own samples on this many training prompts, "
-                        "the same pairs train_rm.py adds with the same --policy-samples, seed and noise (0 = off)")
-    p.add_argument("--policy-samples", type=common.positive_int, default=2,
-                   help="samples per prompt for those pairs (>= 2); every untied pair of them is a comparison, K(K-1)/2 "
-                        "per prompt, shuffled like any pair (InstructGPT ranked K = 4-9 but kept a prompt's pairs in one "
-                        "batch element: shuffled, they overfit)")
-    p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
+    p.add_argument("--data", default="world",
+                   help="world | hh-rlhf | PATH (.jsonl / .jsonl.gz with prompt, chosen, rejected)")
+    evaluate.add_policy_pair_args(p, "the SFT model's")
     p.add_argument("--loss", default="sigmoid", choices=["sigmoid", "ipo", "hinge"], help="DPO, IPO or hinge loss")
     p.add_argument("--beta", type=common.positive_float, default=0.3,
-                   help="strength of the implicit KL constraint (the paper's 0.1 drifted 4x further from SFT here, for no gain)")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="conservative DPO: assumed label-flip rate in [0, 0.5)")
+                   help="strength of the implicit KL constraint: higher stays closer to SFT (why 0.3: docs/notes.md)")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="conservative DPO: assumed label-flip rate in [0, 0.5)")
     p.add_argument("--rpo-alpha", type=common.nonneg_float, default=0.0,
                    help="weight of the chosen responses' NLL per token added to the loss (RPO); 0 = plain DPO")
-    p.add_argument("--ref-logps", default="precompute", choices=["precompute", "online"], help="reference log-probs cached once, or recomputed per batch")
+    p.add_argument("--ref-logps", default="precompute", choices=["precompute", "online"],
+                   help="reference log-probs cached once, or recomputed per batch")
     p.add_argument("--steps", type=common.positive_int, default=60,
                    help="optimizer steps (about one pass over the pairs: longer runs overfit them and drift from SFT)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
@@ -79,16 +77,18 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=common.nonneg_int, default=10, help="linear warmup steps")
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
-    p.add_argument("--holdout", type=common.unit_float, default=0.05, help="held-out fraction for datasets without a held-out split")
+    p.add_argument("--holdout", type=common.unit_float, default=0.05,
+                   help="held-out fraction for datasets without a held-out split")
     p.add_argument("--eval-every", type=common.positive_int, default=50, help="held-out pair accuracy every N steps")
-    p.add_argument("--beta-sweep", default="", help="comma-separated betas: short runs recording gold score and KL to SFT (sweep.json)")
+    p.add_argument("--beta-sweep", default="",
+                   help="comma-separated betas: short runs recording gold score and KL to SFT (sweep.json)")
     p.add_argument("--sweep-steps", type=common.positive_int, default=60, help="steps of each sweep run")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
-    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
+                   help="evaluate on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/dpo")
     args = p.parse_args(argv)
-    if args.policy_samples < 2:
-        p.error(f"--policy-samples must be >= 2 (a pair needs two samples), got {args.policy_samples}")
+    evaluate.check_policy_pair_args(p, args)
     if not 0 <= args.label_smoothing < 0.5:
         p.error(f"--label-smoothing must be in [0, 0.5), got {args.label_smoothing}")
     try:
@@ -137,13 +137,23 @@ def preference_loss(h, kind: str, beta: float, label_smoothing: float = 0.0) -> 
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def pair_logps(model, pairs, eos_id, device, dtype):
-    """Summed response log-probs (fp32) of chosen and rejected: ((B,), (B,)). The 2B sequences are run in
-    length-sorted groups (less padding), the results put back in order."""
-    seqs = [(c, n) for c, _, n, _ in pairs] + [(r, n) for _, r, n, _ in pairs]
+def sequence_logprob(model, batch: dict) -> torch.Tensor:
+    """log pi(y|x) = sum over response tokens t of log pi(y_t | x, y_<t), per sequence (B,), in fp32.
+
+    The EOS that ends the response counts (it is how the model says "done"); prompt and padding do not
+    (batch["response_mask"] is 1 on response tokens and the EOS only). The logits at position t predict
+    token t + 1, hence the shift by one. The same function serves policy and reference, chosen and rejected.
+    """
+    ids = batch["input_ids"]  # (B, T)
+    logits = model(ids, batch["attention_mask"])  # (B, T, V)
+    logp = common.token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log pi(ids[t+1] | ids[<=t])
+    return (logp * batch["response_mask"][:, 1:]).sum(dim=1)  # (B,)
+
+
+def pair_logps(model, pairs: list[data.EncodedPair], eos_id, device, dtype):
+    """(log pi(y_c|x) (B,), log pi(y_r|x) (B,)) in fp32, sequences batched by length (data.per_pair)."""
     with common.autocast(device, dtype):
-        logps = common.per_sequence(lambda batch: common.response_logprobs(model, batch), seqs, eos_id, device)  # (2B,)
-    return logps[: len(pairs)], logps[len(pairs) :]
+        return data.per_pair(lambda batch: sequence_logprob(model, batch), pairs, eos_id, device)
 
 
 @torch.no_grad()
@@ -157,76 +167,101 @@ def reference_logps(ref, pairs, eos_id, device, dtype, batch_size=64) -> torch.T
 
 
 @torch.no_grad()
-def heldout_accuracy(policy, ref_lp, pairs, eos_id, device, dtype, batch_size=64) -> float:
+def heldout_accuracy(policy, pairs: "PairSet", eos_id, device, dtype) -> float:
     """Share of held-out pairs whose implicit reward prefers the chosen response (h > 0)."""
     policy.eval()
-    right = 0
-    for i in range(0, len(pairs), batch_size):
-        c, r = pair_logps(policy, pairs[i : i + batch_size], eos_id, device, dtype)
-        rl = ref_lp[i : i + batch_size].to(device)
-        right += int((dpo_logits(c, r, rl[:, 0], rl[:, 1]) > 0).sum())
-    return right / max(len(pairs), 1)
+
+    def margins(start, chunk):
+        pol_c, pol_r = pair_logps(policy, chunk, eos_id, device, dtype)
+        ref_lp = pairs.val_ref_logps[start : start + len(chunk)].to(device)  # (b, 2)
+        return dpo_logits(pol_c, pol_r, ref_lp[:, 0], ref_lp[:, 1])
+
+    return common.pair_accuracy(margins, pairs.val)
 
 
 # -----------------------------------------------------------------------------
 # One training run (the main run and each beta of a sweep)
 
 
-def train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, steps, device, dtype, log):
+@dataclass
+class PairSet:
+    """The encoded pairs and their reference log-probs (N, 2) = (chosen, rejected), computed once."""
+    train: list[data.EncodedPair]
+    train_ref_logps: torch.Tensor | None  # None with --ref-logps online
+    val: list[data.EncodedPair]
+    val_ref_logps: torch.Tensor
+
+
+def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, device, dtype, log=None) -> dict:
     optimizer = common.make_optimizer(policy, args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(args.seed)
+    data_rng = torch.Generator().manual_seed(args.seed)
     policy.train()  # dropout is off (load_model), so train mode changes nothing in the forward pass
     for step in range(steps):
         t0 = time.time()
         lr = common.lr_at(step, steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
-        picks = torch.randint(0, len(train_enc), (args.batch_size,), generator=gen)
-        pairs = [train_enc[i] for i in picks.tolist()]
-        pol_c, pol_r = pair_logps(policy, pairs, tok.eos_id, device, dtype)  # (B,), (B,)
-        if args.ref_logps == "precompute":
-            ref_c, ref_r = ref_lp[picks, 0].to(device), ref_lp[picks, 1].to(device)
+        picks = torch.randint(0, len(pairs.train), (args.batch_size,), generator=data_rng)
+        batch = [pairs.train[i] for i in picks.tolist()]
+        # ---- TRAINING STEP BEGIN
+        pol_c, pol_r = pair_logps(policy, batch, tok.eos_id, device, dtype)  # (B,), (B,)
+        if pairs.train_ref_logps is not None:
+            ref_c, ref_r = pairs.train_ref_logps[picks, 0].to(device), pairs.train_ref_logps[picks, 1].to(device)
         else:
             with torch.no_grad():
-                ref_c, ref_r = pair_logps(ref, pairs, tok.eos_id, device, dtype)
+                ref_c, ref_r = pair_logps(ref, batch, tok.eos_id, device, dtype)
         h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (B,)
         loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
         if args.rpo_alpha > 0:
-            n_c = torch.tensor([len(c) - n for c, _, n, _ in pairs], dtype=torch.float32, device=pol_c.device)  # (B,)
-            loss = loss + args.rpo_alpha * chosen_nll(pol_c, n_c).mean()
-        if step == 0:
-            # The policy is the reference: h = 0, so the sigmoid loss is ln 2 (pitfall 6 of REFERENCE.md).
-            # Checked against the reference on this very batch; the precomputed values came from batches of
-            # other shapes, which bf16 matmuls round differently (printed; 5e-7 to 2e-4 nats in runs here).
-            with torch.no_grad():
-                same_c, same_r = pair_logps(ref, pairs, tok.eos_id, device, dtype)
-                h0 = dpo_logits(pol_c.detach(), pol_r.detach(), same_c, same_r)
-                loss0 = preference_loss(h0, args.loss, beta, args.label_smoothing).mean()
-                cached = torch.cat([ref_c - same_c, ref_r - same_r]).abs().max().item()
-            print(f"check: step-0 |h| max {h0.abs().max().item():.2e}; loss {loss0.item():.6f}"
-                  + (f" (ln 2 = {math.log(2):.6f})" if args.loss == "sigmoid" else "")
-                  + f"; reference log-probs used for training within {cached:.1e} of these")
+            n_chosen = torch.tensor([len(p.chosen) - p.n_prompt for p in batch], dtype=torch.float32,
+                                    device=pol_c.device)  # (B,) response tokens incl. EOS
+            loss = loss + args.rpo_alpha * chosen_nll(pol_c, n_chosen).mean()
         common.check_finite(loss, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
         optimizer.step()
+        # ---- TRAINING STEP END; what follows only measures
         # Implicit rewards. Both log pi(chosen) and log pi(rejected) usually FALL while the margin grows:
         # the loss only sees their difference, and the cheapest way to widen it on a small model is to
         # push probability mass away from both, most from the rejected one (Pal et al. 2024, "Smaug").
-        rc, rr = beta * (pol_c - ref_c).detach(), beta * (pol_r - ref_r).detach()
+        reward_chosen, reward_rejected = beta * (pol_c - ref_c).detach(), beta * (pol_r - ref_r).detach()
         metrics = {
-            "loss": loss.item(), "rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
-            "rewards/margin": (rc - rr).mean().item(), "rewards/accuracy": (rc > rr).float().mean().item(),
+            "loss": loss.item(), "rewards/chosen": reward_chosen.mean().item(),
+            "rewards/rejected": reward_rejected.mean().item(),
+            "rewards/margin": (reward_chosen - reward_rejected).mean().item(),
+            "rewards/accuracy": (reward_chosen > reward_rejected).float().mean().item(),
             "logps/chosen": pol_c.mean().item(), "logps/rejected": pol_r.mean().item(), "lr": lr,
             "grad_norm": grad_norm.item(), "ms": (time.time() - t0) * 1000,
         }
-        if val_enc and ((step + 1) % args.eval_every == 0 or step == steps - 1):
-            metrics["val_accuracy"] = heldout_accuracy(policy, val_ref_lp, val_enc, tok.eos_id, device, dtype)
+        if pairs.val and ((step + 1) % args.eval_every == 0 or step == steps - 1):
+            metrics["val_accuracy"] = heldout_accuracy(policy, pairs, tok.eos_id, device, dtype)
             policy.train()
         if log is not None:
             log.log(step, **metrics)
     policy.eval()
     return metrics
+
+
+@torch.no_grad()
+def check_step0(policy, ref, pairs: PairSet, tok, args, device, dtype):
+    """Before training the policy IS the reference: h = 0, and the sigmoid loss is exactly ln 2
+    (docs/pitfalls.md, pitfall 6). Checked on the first training batch, against the reference run on this
+    very batch; also printed: how far the cached reference log-probs are from these (bf16 matmuls round
+    batches of other shapes differently)."""
+    picks = torch.randint(0, len(pairs.train), (args.batch_size,), generator=torch.Generator().manual_seed(args.seed))
+    batch = [pairs.train[i] for i in picks.tolist()]  # the batch train() starts with
+    pol_c, pol_r = pair_logps(policy, batch, tok.eos_id, device, dtype)
+    ref_c, ref_r = pair_logps(ref, batch, tok.eos_id, device, dtype)
+    h0 = dpo_logits(pol_c, pol_r, ref_c, ref_r)
+    loss0 = preference_loss(h0, args.loss, args.beta, args.label_smoothing).mean()
+    line = f"check: step-0 |h| max {h0.abs().max().item():.2e}; loss {loss0.item():.6f}"
+    if args.loss == "sigmoid":
+        line += f" (ln 2 = {math.log(2):.6f})"
+    if pairs.train_ref_logps is not None:
+        cached = pairs.train_ref_logps[picks].to(device) - torch.stack([ref_c, ref_r], dim=1)
+        line += f"; reference log-probs used for training within {cached.abs().max().item():.1e} of these"
+    print(line)
 
 
 # -----------------------------------------------------------------------------
@@ -249,57 +284,32 @@ def main(argv=None):
     block_size = policy.config.block_size if args.block_size <= 0 else min(args.block_size, policy.config.block_size)
     common.print_config("train_dpo", args, {"device": device, "dtype": why, "block_size": block_size})
 
-    # ---- data
-    try:
-        pairs, val_pairs, read_stats = data.load_pair_splits(args.data, args.holdout)
-    except (data.DataError, OSError) as e:
-        raise SystemExit(f"error: {e}")
-    if args.data == "world" and args.policy_pairs:
-        # the reward model's preference data: offline pairs + judge-labelled pairs of SFT samples (same seed,
-        # same pairs). DPO assumes the pairs come from (near) the reference policy, and these do.
-        from minipost import evaluate
-
-        t0 = time.time()
-        extra, extra_stats = evaluate.policy_pairs(ref, tok, args.policy_pairs, label_noise=args.label_noise,
-                                                   seed=args.seed, device=device, dtype=dtype, cache_dir=args.init,
-                                                   samples=args.policy_samples)
-        pairs, read_stats = pairs + extra, {**read_stats, **extra_stats}
-        print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")
-    train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)
-    val_enc, _ = data.encode_pairs(tok, val_pairs, block_size)
-    print(f"data: {len(train_enc)} train / {len(val_enc)} held-out pairs; read {read_stats}; encoded {enc_stats}")
-    if not train_enc:
-        raise SystemExit(f"error: no usable preference pairs in {args.data}")
+    # ---- data: the reward model's preference pairs. DPO assumes the pairs come from (near) the reference
+    # policy, and the policy pairs are samples of the reference itself.
+    train_enc, val_enc, _ = evaluate.load_preference_pairs(args, tok, block_size, sampler=lambda: ref,
+                                                           sampler_dir=args.init, device=device, dtype=dtype)
     t0 = time.time()
-    ref_lp = reference_logps(ref, train_enc, tok.eos_id, device, dtype) if args.ref_logps == "precompute" else None
-    val_ref_lp = reference_logps(ref, val_enc, tok.eos_id, device, dtype)
+    precompute = args.ref_logps == "precompute"
+    pairs = PairSet(train=train_enc, val=val_enc,
+                    train_ref_logps=reference_logps(ref, train_enc, tok.eos_id, device, dtype) if precompute else None,
+                    val_ref_logps=reference_logps(ref, val_enc, tok.eos_id, device, dtype))
     print(f"reference log-probs computed in {time.time() - t0:.1f}s")
 
     # ---- train
+    check_step0(policy, ref, pairs, tok, args, device, dtype)
     log = common.StepLogger(f"{args.out}/log.jsonl", args.steps)
-    last = train(policy, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, args.beta, args.steps, device, dtype, log)
+    last = train(policy, ref, pairs, tok, args, beta=args.beta, steps=args.steps, device=device, dtype=dtype, log=log)
     metrics = {"val_accuracy": last.get("val_accuracy"), "steps": args.steps, "beta": args.beta, "loss": args.loss}
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png",
-                    ["loss", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected", "val_accuracy"], "DPO (train_dpo.py)")
+                    ["loss", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected", "val_accuracy"],
+                    "DPO (train_dpo.py)")
 
     result = None
     if not args.skip_eval and args.data == "world":
-        from minipost import evaluate
-        from minipost.world import build_world
-
-        world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-        refs, dirs = {"sft": ref}, {"sft": args.init}
-        if args.base:
-            base, _, _ = common.load_model(args.base, device)
-            refs["base"], dirs["base"] = common.frozen(base), args.base
-        # the references' answers once (stored by their own stages when they match), reused by every
-        # evaluation below (the sweep's too)
-        ref_results = {name: evaluate.evaluate_reference(m, dirs[name], tok, world, device=device, dtype=dtype,
-                                                         seed=args.seed, limit=args.eval_limit) for name, m in refs.items()}
-        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, ref_results=ref_results,
-                                         seed=args.seed, limit=args.eval_limit)
-        evaluate.print_samples(result, n=2, title="DPO model, held-out prompts (greedy)")
-        evaluate.print_metrics(result["metrics"], "DPO evaluation")
+        # the references' answers once (stored by their own stages when they match), reused by the sweep
+        world, ref_results, result = evaluate.evaluate_stage(
+            policy, tok, world_seed=init_config.get("world_seed", 0), sft=ref, sft_dir=args.init, base_dir=args.base,
+            device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit, title="DPO")
         metrics.update(result["metrics"])
     common.save_stage(args.out, policy, stage="dpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
                       extra={"init": args.init, "world_seed": init_config.get("world_seed", 0)})
@@ -309,17 +319,16 @@ def main(argv=None):
 
     # ---- the beta sweep: how far (KL) each beta moves from SFT, and what the gold judge thinks of it
     if args.sweep and result is not None:
-        from minipost import evaluate
-
         rows = []
         for beta in args.sweep:
-            pol, _, _ = common.load_model(args.init, device)
-            last = train(pol, ref, train_enc, ref_lp, val_enc, val_ref_lp, tok, args, beta, args.sweep_steps, device, dtype, None)
-            res = evaluate.evaluate_model(pol, tok, world, device=device, dtype=dtype, refs={"sft": ref},
-                                          ref_results=ref_results, seed=args.seed, limit=args.eval_limit)
-            m = res["metrics"]
-            rows.append({"beta": beta, "gold_score": m["gold_score"], "gold_score_sampled": m["gold_score_sampled"], "kl_to_sft": m["kl_to_sft"],
-                         "win_rate_vs_sft": m["win_rate_vs_sft"], "val_accuracy": last.get("val_accuracy")})
+            sweep_policy, _, _ = common.load_model(args.init, device)
+            last = train(sweep_policy, ref, pairs, tok, args, beta=beta, steps=args.sweep_steps, device=device,
+                         dtype=dtype)
+            m = evaluate.evaluate_model(sweep_policy, tok, world, device=device, dtype=dtype, refs={"sft": ref},
+                                        ref_results=ref_results, seed=args.seed, limit=args.eval_limit)["metrics"]
+            rows.append({"beta": beta, "gold_score": m["gold_score"], "gold_score_sampled": m["gold_score_sampled"],
+                         "kl_to_sft": m["kl_to_sft"], "win_rate_vs_sft": m["win_rate_vs_sft"],
+                         "val_accuracy": last.get("val_accuracy")})
             print(f"sweep beta {beta:g}: gold {m['gold_score']:.3f} (samples {m['gold_score_sampled']:.3f}), "
                   f"KL to SFT {m['kl_to_sft']:.2f}, win vs SFT {m['win_rate_vs_sft']:.3f}")
         ckpt.atomic_write_json(f"{args.out}/sweep.json", rows)

@@ -58,9 +58,12 @@ from minipost import common, data
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", default="checkpoints/sft", help="SFT checkpoint: the initial policy and the frozen reference")
-    p.add_argument("--rm", default="checkpoints/rm", help="reward model checkpoint (frozen); the value model starts from it")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", default="checkpoints/sft",
+                   help="SFT checkpoint: the initial policy and the frozen reference")
+    p.add_argument("--rm", default="checkpoints/rm",
+                   help="reward model checkpoint (frozen); the value model starts from it")
     p.add_argument("--base", default="checkpoints/base", help="base checkpoint for win_rate_vs_base (empty = skip)")
     p.add_argument("--prompts", default="world", help="world | hh-rlhf | PATH (.jsonl with a prompt field)")
     p.add_argument("--iterations", type=common.positive_int, default=25, help="rollout + optimization rounds")
@@ -68,26 +71,34 @@ def parse_args(argv=None):
     p.add_argument("--minibatch-size", type=common.positive_int, default=16, help="rollouts per PPO gradient step")
     p.add_argument("--ppo-epochs", type=common.positive_int, default=4, help="passes over each rollout batch")
     p.add_argument("--max-new-tokens", type=common.positive_int, default=32, help="response length limit")
-    p.add_argument("--lr", type=common.positive_float, default=1e-5, help="policy learning rate (constant after warmup)")
+    p.add_argument("--lr", type=common.positive_float, default=1e-5,
+                   help="policy learning rate (constant after warmup)")
     p.add_argument("--value-lr", type=common.positive_float, default=1e-4, help="value model learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=5, help="linear warmup, in gradient steps")
     p.add_argument("--reward", default="rm", choices=["rm", "judge"],
-                   help="rm = the reward model (RLHF); judge = the toy world's gold judge itself, a perfect reward model: "
+                   help="rm = the reward model (RLHF); judge = the toy world's gold judge itself, a perfect reward "
+                        "model: "
                         "an ablation that shows how much of the gap is the RM's fault")
-    p.add_argument("--kl-coef", type=common.nonneg_float, default=0.3, help="beta: weight of the KL penalty (0 = no penalty)")
+    p.add_argument("--kl-coef", type=common.nonneg_float, default=0.3,
+                   help="beta: weight of the KL penalty (0 = no penalty)")
     p.add_argument("--kl-estimator", default="k1", choices=["k1", "k3"], help="per-token KL estimate in the reward")
-    p.add_argument("--target-kl", type=common.nonneg_float, default=0.0, help="adaptive beta toward this KL per response (0 = fixed beta)")
-    p.add_argument("--kl-horizon", type=common.positive_int, default=10000, help="adaptive controller horizon, in rollouts")
+    p.add_argument("--target-kl", type=common.nonneg_float, default=0.0,
+                   help="adaptive beta toward this KL per response (0 = fixed beta)")
+    p.add_argument("--kl-horizon", type=common.positive_int, default=10000,
+                   help="adaptive controller horizon, in rollouts")
     p.add_argument("--gamma", type=common.unit_float, default=1.0, help="discount over response tokens")
     p.add_argument("--lam", type=common.unit_float, default=0.95, help="GAE lambda")
     p.add_argument("--clip", type=common.positive_float, default=0.2, help="PPO ratio clip epsilon")
     p.add_argument("--value-clip", type=common.positive_float, default=0.2, help="value clip range")
-    p.add_argument("--vf-coef", type=common.nonneg_float, default=0.5, help="weight of the value loss (it has its own model)")
-    p.add_argument("--missing-eos-penalty", type=common.nonneg_float, default=1.0, help="subtracted from the score of responses without EOS")
+    p.add_argument("--vf-coef", type=common.nonneg_float, default=0.5,
+                   help="weight of the value loss (it has its own model)")
+    p.add_argument("--missing-eos-penalty", type=common.nonneg_float, default=1.0,
+                   help="subtracted from the score of responses without EOS")
     p.add_argument("--whiten-rewards", action="store_true", help="whiten RM scores across each rollout batch")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
-    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
+                   help="evaluate on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/ppo")
     args = p.parse_args(argv)
     if args.batch_size % args.minibatch_size:
@@ -160,8 +171,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     loss = masked_mean(-torch.min(unclipped, clipped), mask)
     with torch.no_grad():
         clipfrac = masked_mean((clipped < unclipped).float(), mask)  # tokens where the clip is active
-        big = torch.where(mask.bool(), ratio, torch.zeros_like(ratio))
-        stats = {"clipfrac": clipfrac, "ratio_mean": masked_mean(ratio, mask), "ratio_max": big.max(),
+        ratio_on_valid = torch.where(mask.bool(), ratio, torch.zeros_like(ratio))  # padding can't be the max
+        stats = {"clipfrac": clipfrac, "ratio_mean": masked_mean(ratio, mask), "ratio_max": ratio_on_valid.max(),
                  "approx_kl": masked_mean((ratio - 1) - (logp - old_logp), mask)}
     return loss, stats
 
@@ -201,8 +212,7 @@ def forward_response(model, ids, attn, T0, device, dtype):
     with common.autocast(device, dtype):
         logits = model(ids, attn)  # (B, L, V)
     logits = logits[:, T0 - 1 : -1].float()  # (B, n, V): position t predicts token t + 1
-    logp = F.log_softmax(logits, dim=-1).gather(-1, ids[:, T0:, None]).squeeze(-1)  # (B, n)
-    return logp, logits
+    return common.token_logprobs(logits, ids[:, T0:]), logits  # (B, n), (B, n, V)
 
 
 def forward_values(value_model, ids, attn, T0, device, dtype):
@@ -218,8 +228,8 @@ def response_texts(new_ids: torch.Tensor, resp_mask: torch.Tensor, tok) -> list[
 
 
 @torch.no_grad()
-def rollout(policy, ref, rm, value_model, tok, prompts, args, beta, gen, device, dtype, perm):
-    """Sample responses and compute everything PPO needs, in the minibatch order `perm` (see pitfall 7)."""
+def rollout(policy, ref, rm, value_model, tok, prompts, args, beta, sample_rng, device, dtype, perm):
+    """Sample responses and compute everything PPO needs, in the minibatch order `perm` (docs/pitfalls.md, 7)."""
     enc = [tok.encode(p) for p in prompts]
     batch = data.collate([(e, len(e)) for e in enc], tok.eos_id, side="left")
     prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -227,10 +237,11 @@ def rollout(policy, ref, rm, value_model, tok, prompts, args, beta, gen, device,
     budget = min(args.max_new_tokens, policy.config.block_size - T0)
     with common.autocast(device, dtype):
         ids = policy.generate(prompt_ids, budget, temperature=1.0, attention_mask=prompt_mask,
-                              eos_token_id=tok.eos_id, generator=gen)  # (B, T0 + n)
+                              eos_token_id=tok.eos_id, generator=sample_rng)  # (B, T0 + n)
     new = ids[:, T0:]
     if new.size(1) == 0:
-        raise RuntimeError(f"prompts of {T0} tokens leave no room for a response in the context of {policy.config.block_size}")
+        raise RuntimeError(f"prompts of {T0} tokens leave no room for a response in the context of "
+                           f"{policy.config.block_size}")
     resp_mask = response_mask_after(new, tok.eos_id)  # (B, n)
     attn = torch.cat([prompt_mask, resp_mask], dim=1)  # (B, L)
     has_eos = ((new == tok.eos_id).long() * resp_mask).sum(dim=1) > 0  # (B,)
@@ -265,6 +276,20 @@ def rollout(policy, ref, rm, value_model, tok, prompts, args, beta, gen, device,
     return dict(ids=ids, attn=attn, T0=T0, mask=mask, old_logp=old_logp, old_values=old_values,
                 advantages=advantages, returns=returns, rm_score=rm_score, kl=kl, rewards=rewards, has_eos=has_eos,
                 new=new)
+
+
+@torch.no_grad()
+def check_first_minibatch(policy, rollouts: dict, first: torch.Tensor, args, device, dtype):
+    """Before any update the policy that trains IS the one that sampled: on the first minibatch every ratio
+    pi / pi_old must be 1 and nothing clipped (docs/pitfalls.md, pitfall 7) -- else rollout and training
+    forwards differ (temperature, dropout, positions). Run once, in train mode, on the minibatch PPO starts with."""
+    mask = rollouts["mask"][first]
+    logp, _ = forward_response(policy, rollouts["ids"][first], rollouts["attn"][first], rollouts["T0"], device, dtype)
+    _, clip_stats = policy_loss(logp, rollouts["old_logp"][first], rollouts["advantages"][first], mask, args.clip)
+    ratio_error = (clip_stats["ratio_max"] - 1).abs().item()
+    ratio_error = max(ratio_error, masked_mean(((logp - rollouts["old_logp"][first]).exp() - 1).abs(), mask).item())
+    print(f"check: first minibatch |ratio - 1| max {ratio_error:.2e} (must be < 1e-5), "
+          f"clip fraction {clip_stats['clipfrac'].item():.3f}")
 
 
 def explained_variance(values, returns, mask) -> float:
@@ -308,8 +333,8 @@ def main(argv=None):
     opt_pi = common.make_optimizer(policy, args.lr, weight_decay=0.0)
     opt_v = common.make_optimizer(value_model, args.value_lr, weight_decay=0.0)
     kl_ctl = AdaptiveKL(args.kl_coef, args.target_kl, args.kl_horizon)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    sample_gen = torch.Generator(device=device).manual_seed(args.seed)
+    data_rng = torch.Generator(device="cpu").manual_seed(args.seed)  # prompts and minibatch order
+    sample_rng = torch.Generator(device=device).manual_seed(args.seed)  # the responses
     start = 0
     if args.resume:
         sd, _ = ckpt.load_checkpoint(args.out)
@@ -319,8 +344,8 @@ def main(argv=None):
         value_model.load_state_dict(vsd)
         opt_pi.load_state_dict(state["opt_pi"])
         opt_v.load_state_dict(state["opt_v"])
-        gen.set_state(state["data_rng"])
-        sample_gen.set_state(state["sample_rng"])
+        data_rng.set_state(state["data_rng"])
+        sample_rng.set_state(state["sample_rng"])
         kl_ctl.beta = state["beta"]
         common.set_rng_state(state["rng"])
         start = state["iteration"]
@@ -329,79 +354,89 @@ def main(argv=None):
 
     def save(iteration, metrics):
         common.save_stage(args.out, policy, stage="ppo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state={"opt_pi": opt_pi.state_dict(), "opt_v": opt_v.state_dict(), "iteration": iteration,
-                                       "value_model": value_model.state_dict(), "data_rng": gen.get_state(),
-                                       "sample_rng": sample_gen.get_state(), "beta": kl_ctl.beta, "rng": common.rng_state()},
+                          train_state={"opt_pi": opt_pi.state_dict(), "opt_v": opt_v.state_dict(),
+                                       "iteration": iteration, "value_model": value_model.state_dict(),
+                                       "data_rng": data_rng.get_state(), "sample_rng": sample_rng.get_state(),
+                                       "beta": kl_ctl.beta, "rng": common.rng_state()},
                           extra={"init": args.init, "rm": args.rm, "world_seed": init_config.get("world_seed", 0)})
 
     grad_step = 0
     for it in range(start, args.iterations):
         t0 = time.time()
-        picks = torch.randint(0, len(prompts), (args.batch_size,), generator=gen).tolist()
+        picks = torch.randint(0, len(prompts), (args.batch_size,), generator=data_rng).tolist()
         batch_prompts = [prompts[i] for i in picks]
-        perm = torch.randperm(args.batch_size, generator=gen).to(device)
+        perm = torch.randperm(args.batch_size, generator=data_rng).to(device)
         policy.eval()
-        ro = rollout(policy, ref, rm, value_model, tok, batch_prompts, args, kl_ctl.beta, sample_gen, device, dtype, perm)
+        rollouts = rollout(policy, ref, rm, value_model, tok, batch_prompts, args, kl_ctl.beta, sample_rng, device,
+                           dtype, perm)
         t_roll = time.time() - t0
-        mask, T0 = ro["mask"], ro["T0"]
+        mask, T0 = rollouts["mask"], rollouts["T0"]
 
-        # ---- PPO epochs over minibatches (epoch 0 in the rollout's order, then reshuffled)
         policy.train()
         value_model.train()
-        stats_acc = []
+        if it == start:
+            check_first_minibatch(policy, rollouts, perm[: args.minibatch_size], args, device, dtype)
+        # ---- TRAINING SECTION BEGIN: PPO epochs over minibatches (epoch 0 in the rollout's order, then reshuffled)
+        minibatch_stats = []
         for epoch in range(args.ppo_epochs):
-            order = perm if epoch == 0 else torch.randperm(args.batch_size, generator=gen).to(device)
-            for mb_i, idx in enumerate(order.split(args.minibatch_size)):
+            order = perm if epoch == 0 else torch.randperm(args.batch_size, generator=data_rng).to(device)
+            for minibatch, idx in enumerate(order.split(args.minibatch_size)):
                 lr_scale = min(1.0, (grad_step + 1) / max(1, args.warmup))
                 common.set_lr(opt_pi, args.lr * lr_scale)
                 common.set_lr(opt_v, args.value_lr * lr_scale)
-                m = mask[idx]
-                logp, logits = forward_response(policy, ro["ids"][idx], ro["attn"][idx], T0, device, dtype)
-                pg_loss, st = policy_loss(logp, ro["old_logp"][idx], ro["advantages"][idx], m, args.clip)
-                values = forward_values(value_model, ro["ids"][idx], ro["attn"][idx], T0, device, dtype)
-                vf_loss = value_loss(values, ro["old_values"][idx], ro["returns"][idx], m, args.value_clip)
-                if it == start and epoch == 0 and mb_i == 0:
-                    dev = (st["ratio_max"] - 1).abs().item()
-                    dev = max(dev, masked_mean(((logp - ro["old_logp"][idx]).exp() - 1).abs(), m).item())
-                    print(f"check: first minibatch |ratio - 1| max {dev:.2e} (must be < 1e-5), clip fraction {st['clipfrac'].item():.3f}")
+                mb_mask = mask[idx]
+                ids, attn = rollouts["ids"][idx], rollouts["attn"][idx]
+                logp, logits = forward_response(policy, ids, attn, T0, device, dtype)
+                pg_loss, clip_stats = policy_loss(logp, rollouts["old_logp"][idx], rollouts["advantages"][idx],
+                                                  mb_mask, args.clip)
+                values = forward_values(value_model, ids, attn, T0, device, dtype)
+                vf_loss = value_loss(values, rollouts["old_values"][idx], rollouts["returns"][idx], mb_mask,
+                                     args.value_clip)
                 loss = pg_loss + args.vf_coef * vf_loss
-                common.check_finite(loss, grad_step, f"PPO loss (iteration {it}, epoch {epoch}, minibatch {mb_i})")
+                common.check_finite(loss, grad_step, f"PPO loss (iteration {it}, epoch {epoch}, minibatch {minibatch})")
                 opt_pi.zero_grad(set_to_none=True)
                 opt_v.zero_grad(set_to_none=True)
                 loss.backward()
-                clip = args.grad_clip if args.grad_clip > 0 else float("inf")
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
-                torch.nn.utils.clip_grad_norm_(value_model.parameters(), clip)
+                max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+                torch.nn.utils.clip_grad_norm_(value_model.parameters(), max_norm)
                 opt_pi.step()
                 opt_v.step()
                 grad_step += 1
                 with torch.no_grad():
                     probs = F.softmax(logits, dim=-1)
-                    entropy = masked_mean(-(probs * F.log_softmax(logits, dim=-1)).sum(-1), m)
-                stats_acc.append({k: v.item() for k, v in st.items()} | {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": entropy.item()})
+                    entropy = masked_mean(-(probs * F.log_softmax(logits, dim=-1)).sum(-1), mb_mask)
+                losses = {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "entropy": entropy.item()}
+                minibatch_stats.append({k: v.item() for k, v in clip_stats.items()} | losses)
+        # ---- TRAINING SECTION END; what follows only measures
 
         # ---- statistics of this iteration (means over valid tokens / responses only)
-        seq_kl = (ro["kl"]).sum(dim=1)  # (B,) sequence KL estimate
+        seq_kl = (rollouts["kl"]).sum(dim=1)  # (B,) sequence KL estimate
         mean_kl = seq_kl.mean().item()
         kl_ctl.update(mean_kl, args.batch_size)
+
+        def mean_of(key):
+            return sum(s[key] for s in minibatch_stats) / len(minibatch_stats)
+
         metrics = {
-            "rm_score": ro["rm_score"].mean().item(),
+            "rm_score": rollouts["rm_score"].mean().item(),
             "kl": mean_kl,
             "beta": kl_ctl.beta,
-            "reward": (ro["rewards"] * mask).sum(dim=1).mean().item(),
-            "entropy": sum(s["entropy"] for s in stats_acc) / len(stats_acc),
-            "clipfrac": sum(s["clipfrac"] for s in stats_acc) / len(stats_acc),
-            "approx_kl": sum(s["approx_kl"] for s in stats_acc) / len(stats_acc),
-            "ratio_mean": sum(s["ratio_mean"] for s in stats_acc) / len(stats_acc),
-            "ratio_max": max(s["ratio_max"] for s in stats_acc),
-            "vf_loss": sum(s["vf_loss"] for s in stats_acc) / len(stats_acc),
-            "explained_var": explained_variance(ro["old_values"], ro["returns"], mask),
+            "reward": (rollouts["rewards"] * mask).sum(dim=1).mean().item(),
+            "entropy": mean_of("entropy"),
+            "clipfrac": mean_of("clipfrac"),
+            "approx_kl": mean_of("approx_kl"),
+            "ratio_mean": mean_of("ratio_mean"),
+            "ratio_max": max(s["ratio_max"] for s in minibatch_stats),
+            "vf_loss": mean_of("vf_loss"),
+            "explained_var": explained_variance(rollouts["old_values"], rollouts["returns"], mask),
             "length": mask.sum(dim=1).mean().item(),
-            "eos_frac": ro["has_eos"].float().mean().item(),
+            "eos_frac": rollouts["has_eos"].float().mean().item(),
         }
         if judge is not None:
-            texts = response_texts(ro["new"], mask, tok)
-            metrics["gold_score"] = sum(judge(strip_template(p), y).score for p, y in zip(batch_prompts, texts)) / len(texts)
+            texts = response_texts(rollouts["new"], mask, tok)
+            gold = [judge(strip_template(p), y).score for p, y in zip(batch_prompts, texts)]
+            metrics["gold_score"] = sum(gold) / len(texts)
         metrics["rollout_s"] = t_roll
         metrics["iter_s"] = time.time() - t0
         log.log(it, **metrics)
@@ -415,20 +450,11 @@ def main(argv=None):
 
     if not args.skip_eval and args.prompts == "world":
         from minipost import evaluate
-        from minipost.world import build_world
 
-        world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-        refs, dirs = {"sft": ref}, {"sft": args.init}
-        if args.base:
-            base, _, _ = common.load_model(args.base, device)
-            refs["base"], dirs["base"] = common.frozen(base), args.base
         # the references' answers: stored by their own stages when they match, generated otherwise
-        ref_results = {name: evaluate.evaluate_reference(m, dirs[name], tok, world, device=device, dtype=dtype,
-                                                         seed=args.seed, limit=args.eval_limit) for name, m in refs.items()}
-        result = evaluate.evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, ref_results=ref_results,
-                                         seed=args.seed, limit=args.eval_limit)
-        evaluate.print_samples(result, n=2, title="PPO model, held-out prompts (greedy)")
-        evaluate.print_metrics(result["metrics"], "PPO evaluation")
+        _, _, result = evaluate.evaluate_stage(
+            policy, tok, world_seed=init_config.get("world_seed", 0), sft=ref, sft_dir=args.init, base_dir=args.base,
+            device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit, title="PPO")
         evaluate.write_eval(args.out, result)
         common.save_stage(args.out, policy, stage="ppo", kind="lm", tokenizer=tok, args=args,
                           metrics={**final, **result["metrics"]},

@@ -33,25 +33,24 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data
+from minipost import common, data, evaluate
 
 # -----------------------------------------------------------------------------
 # Config
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", default="checkpoints/sft", help="checkpoint whose backbone starts the RM (the SFT model), or a GPT-2 name")
-    p.add_argument("--policy", default="", help="model whose samples set the reward normalization and judge agreement; empty = --init")
-    p.add_argument("--data", default="world", help="world | hh-rlhf | PATH (.jsonl / .jsonl.gz with prompt, chosen, rejected)")
-    p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
-                   help="toy world: add judge-labelled pairs of the policy's own samples on this many training prompts (0 = off)")
-    p.add_argument("--policy-samples", type=common.positive_int, default=2,
-                   help="samples per prompt for those pairs (>= 2); every untied pair of them is a comparison, K(K-1)/2 "
-                        "per prompt, shuffled like any pair (InstructGPT ranked K = 4-9 but kept a prompt's pairs in one "
-                        "batch element: shuffled, they overfit)")
-    p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
-    p.add_argument("--steps", type=common.positive_int, default=100, help="optimizer steps (held-out accuracy plateaus by ~50)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", default="checkpoints/sft",
+                   help="checkpoint whose backbone starts the RM (the SFT model), or a GPT-2 name")
+    p.add_argument("--policy", default="",
+                   help="model whose samples set the reward normalization and judge agreement; empty = --init")
+    p.add_argument("--data", default="world",
+                   help="world | hh-rlhf | PATH (.jsonl / .jsonl.gz with prompt, chosen, rejected)")
+    evaluate.add_policy_pair_args(p, "the policy's")
+    p.add_argument("--steps", type=common.positive_int, default=100,
+                   help="optimizer steps (held-out accuracy plateaus by ~50)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per sequence; -1 = the model's context")
     p.add_argument("--lr", type=common.positive_float, default=1e-4, help="peak learning rate")
@@ -59,16 +58,20 @@ def parse_args(argv=None):
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")
     p.add_argument("--weight-decay", type=common.nonneg_float, default=0.0, help="AdamW weight decay on matrices")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
-    p.add_argument("--holdout", type=common.unit_float, default=0.05, help="held-out fraction for datasets without a held-out split")
+    p.add_argument("--holdout", type=common.unit_float, default=0.05,
+                   help="held-out fraction for datasets without a held-out split")
     p.add_argument("--eval-every", type=common.positive_int, default=50, help="held-out pair accuracy every N steps")
-    p.add_argument("--norm-samples", type=common.positive_int, default=256, help="SFT samples that set the reward normalization")
-    p.add_argument("--agreement-rounds", type=common.positive_int, default=2, help="pairs of SFT samples per held-out prompt for judge agreement")
-    p.add_argument("--skip-eval", action="store_true", help="skip normalization samples and judge agreement (smoke tests)")
-    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="judge agreement on this many held-out prompts; 0 = all")
+    p.add_argument("--norm-samples", type=common.positive_int, default=256,
+                   help="SFT samples that set the reward normalization")
+    p.add_argument("--agreement-rounds", type=common.positive_int, default=2,
+                   help="pairs of SFT samples per held-out prompt for judge agreement")
+    p.add_argument("--skip-eval", action="store_true",
+                   help="skip normalization samples and judge agreement (smoke tests)")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
+                   help="judge agreement on this many held-out prompts; 0 = all")
     common.add_common_args(p, out_dir="checkpoints/rm")
     args = p.parse_args(argv)
-    if args.policy_samples < 2:
-        p.error(f"--policy-samples must be >= 2 (a pair needs two samples), got {args.policy_samples}")
+    evaluate.check_policy_pair_args(p, args)
     return args
 
 
@@ -76,36 +79,39 @@ def parse_args(argv=None):
 # The loss
 
 
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
+                       margin: torch.Tensor | float = 0.0) -> torch.Tensor:
     """-log sigma(r_c - r_r - m), mean over pairs. r_chosen, r_rejected, margin: (B,)."""
     return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
 
 
-def score_pairs(rm, pairs, eos_id, device, dtype):
-    """(r_chosen (B,), r_rejected (B,), margin (B,)). The 2B sequences (chosen first) are scored in
-    length-sorted right-padded groups (less padding), the rewards put back in order."""
-    seqs = [(c, n) for c, _, n, _ in pairs] + [(r, n) for _, r, n, _ in pairs]
-    margin = torch.tensor([m or 0.0 for *_, m in pairs], dtype=torch.float32, device=device)
+def score_pairs(rm, pairs: list[data.EncodedPair], eos_id, device, dtype):
+    """(r(x, y_c) (B,), r(x, y_r) (B,), margin (B,)): each reward read at the sequence's last real token
+    (GPTScalar.score), sequences batched by length (data.per_pair)."""
+    margin = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32, device=device)
     with common.autocast(device, dtype):
-        r = common.per_sequence(lambda b: rm.score(b["input_ids"], b["attention_mask"]), seqs, eos_id, device)  # (2B,)
-    B = len(pairs)
-    return r[:B].float(), r[B:].float(), margin
+        reward_chosen, reward_rejected = data.per_pair(lambda b: rm.score(b["input_ids"], b["attention_mask"]),
+                                                       pairs, eos_id, device)
+    return reward_chosen.float(), reward_rejected.float(), margin
 
 
 @torch.no_grad()
-def pair_accuracy(rm, pairs, eos_id, device, dtype, batch_size=64) -> float:
+def heldout_accuracy(rm, pairs, eos_id, device, dtype) -> float:
     """Share of pairs where r(chosen) > r(rejected)."""
     rm.eval()
-    right = 0
-    for i in range(0, len(pairs), batch_size):
-        rc, rr, _ = score_pairs(rm, pairs[i : i + batch_size], eos_id, device, dtype)
-        right += int((rc > rr).sum())
+
+    def margins(start, chunk):
+        reward_chosen, reward_rejected, _ = score_pairs(rm, chunk, eos_id, device, dtype)
+        return reward_chosen - reward_rejected
+
+    accuracy = common.pair_accuracy(margins, pairs)
     rm.train()
-    return right / max(len(pairs), 1)
+    return accuracy
 
 
 @torch.no_grad()
-def raw_rewards(rm, tok, prompts: list[str], responses: list[list[int]], ended: list[bool], device, dtype) -> torch.Tensor:
+def raw_rewards(rm, tok, prompts: list[str], responses: list[list[int]], ended: list[bool], device,
+                dtype) -> torch.Tensor:
     """Rewards (B,) of responses (token lists without EOS) to templated prompts."""
     seqs = []
     for p, toks, eos in zip(prompts, responses, ended):
@@ -135,40 +141,26 @@ def main(argv=None):
     block_size = rm.config.block_size if args.block_size <= 0 else min(args.block_size, rm.config.block_size)
     common.print_config("train_rm", args, {"device": device, "dtype": why, "block_size": block_size})
 
-    # ---- data: preference pairs -> (chosen ids, rejected ids, n_prompt, margin)
-    try:
-        pairs, val_pairs, read_stats = data.load_pair_splits(args.data, args.holdout)
-    except (data.DataError, OSError) as e:
-        raise SystemExit(f"error: {e}")
-    if args.data == "world" and args.policy_pairs:
-        # InstructGPT's labellers compared samples of the SFT model; the gold judge labels ours
-        from minipost import evaluate
-        policy, _, _ = common.load_model(args.policy or args.init, device)
-        t0 = time.time()
-        extra, extra_stats = evaluate.policy_pairs(common.frozen(policy), tok, args.policy_pairs, label_noise=args.label_noise,
-                                                   seed=args.seed, device=device, dtype=dtype, cache_dir=args.policy or args.init,
-                                                   samples=args.policy_samples)
-        pairs = pairs + extra
-        read_stats = {**read_stats, **extra_stats}
-        print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")
-    train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)
-    val_enc, _ = data.encode_pairs(tok, val_pairs, block_size)
-    print(f"data: {len(train_enc)} train / {len(val_enc)} held-out pairs; read {read_stats}; encoded {enc_stats}")
-    if not train_enc:
-        raise SystemExit(f"error: no usable preference pairs in {args.data}")
+    # ---- data: preference pairs, and judge-labelled pairs of the policy's own samples
+    def sampler():
+        return common.frozen(common.load_model(args.policy or args.init, device)[0])
+
+    train_enc, val_enc, data_stats = evaluate.load_preference_pairs(args, tok, block_size, sampler=sampler,
+                                                                    sampler_dir=args.policy or args.init,
+                                                                    device=device, dtype=dtype)
 
     optimizer = common.make_optimizer(rm, args.lr, args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
+    data_rng = torch.Generator().manual_seed(args.seed)
     start = 0
     if args.resume:
-        start = common.resume(args.out, rm, optimizer, gen)
+        start = common.resume(args.out, rm, optimizer, data_rng)
     log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
 
     def save(step, metrics):
         common.save_stage(args.out, rm, stage="rm", kind="scalar", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, gen),
+                          train_state=common.train_state(optimizer, step, data_rng),
                           extra={"init": args.init, "world_seed": init_config.get("world_seed", 0),
-                                 "data_stats": {**read_stats, **enc_stats}})
+                                 "data_stats": data_stats})
 
     # ---- the training loop
     rm.train()
@@ -176,32 +168,36 @@ def main(argv=None):
         t0 = time.time()
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
-        picks = torch.randint(0, len(train_enc), (args.batch_size,), generator=gen).tolist()
-        r_c, r_r, margin = score_pairs(rm, [train_enc[i] for i in picks], tok.eos_id, device, dtype)  # (B,) each
-        loss = bradley_terry_loss(r_c, r_r, margin)
+        picks = torch.randint(0, len(train_enc), (args.batch_size,), generator=data_rng).tolist()
+        # ---- TRAINING STEP BEGIN
+        reward_chosen, reward_rejected, margin = score_pairs(rm, [train_enc[i] for i in picks], tok.eos_id,
+                                                             device, dtype)  # (B,) each
+        loss = bradley_terry_loss(reward_chosen, reward_rejected, margin)
         common.check_finite(loss, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), max_norm)
         optimizer.step()
-        metrics = dict(loss=loss.item(), accuracy=(r_c > r_r).float().mean().item(),
-                       margin=(r_c - r_r).mean().item(), lr=lr, grad_norm=grad_norm.item(), ms=(time.time() - t0) * 1000)
+        # ---- TRAINING STEP END; what follows only measures
+        metrics = dict(loss=loss.item(), accuracy=(reward_chosen > reward_rejected).float().mean().item(),
+                       margin=(reward_chosen - reward_rejected).mean().item(), lr=lr, grad_norm=grad_norm.item(),
+                       ms=(time.time() - t0) * 1000)
         if val_enc and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
-            metrics["val_accuracy"] = pair_accuracy(rm, val_enc, tok.eos_id, device, dtype)
+            metrics["val_accuracy"] = heldout_accuracy(rm, val_enc, tok.eos_id, device, dtype)
         log.log(step, **metrics)
 
     rm.eval()
-    metrics = {"pair_accuracy": pair_accuracy(rm, val_enc, tok.eos_id, device, dtype) if val_enc else None}
+    metrics = {"pair_accuracy": heldout_accuracy(rm, val_enc, tok.eos_id, device, dtype) if val_enc else None}
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png", ["loss", "accuracy", "margin", "val_accuracy"],
                     "reward model (train_rm.py)")
 
     if not args.skip_eval:
-        from minipost import evaluate
         from minipost.tokenizer import chat_prompt
 
         policy, _, _ = common.load_model(args.policy or args.init, device)
         common.frozen(policy)
-        gen_s = torch.Generator().manual_seed(args.seed + 1)
+        sample_rng = torch.Generator().manual_seed(args.seed + 1)
 
         # ---- normalize: SFT samples on training prompts get reward mean 0, std 1
         prompt_rows, _ = data.load_prompts(args.data if args.data in ("world", "hh-rlhf") else "world")
@@ -210,14 +206,16 @@ def main(argv=None):
         from minipost.world import strip_template
 
         instr = [strip_template(x) for x in instr]
-        _, toks, ended = evaluate.generate_responses(policy, tok, instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
+        _, toks, ended = evaluate.generate_responses(policy, tok, instr, device=device, dtype=dtype, temperature=1.0,
+                                                     generator=sample_rng)
         r = raw_rewards(rm, tok, [chat_prompt(x) for x in instr], toks, ended, device, dtype)
         shift = rm.reward_shift + r.mean() * rm.reward_scale  # undo the current normalization, then set the new one
         scale = rm.reward_scale * r.std().clamp(min=1e-6)
         rm.reward_shift.copy_(shift)
         rm.reward_scale.copy_(scale)
         metrics["norm_shift"], metrics["norm_scale"] = shift.item(), scale.item()
-        print(f"reward normalization: shift {shift.item():.4f}, scale {scale.item():.4f} (from {len(instr)} SFT samples)")
+        print(f"reward normalization: shift {shift.item():.4f}, scale {scale.item():.4f} "
+              f"(from {len(instr)} SFT samples)")
 
         # ---- agreement with the gold judge on fresh pairs of SFT samples (toy world)
         if args.data == "world":
@@ -228,8 +226,10 @@ def main(argv=None):
             if args.eval_limit:
                 eval_instr = eval_instr[:: max(1, len(eval_instr) // args.eval_limit)][: args.eval_limit]
             eval_instr = eval_instr * args.agreement_rounds  # several fresh pairs per prompt: a steadier estimate
-            a_txt, a_tok, a_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
-            b_txt, b_tok, b_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype, temperature=1.0, generator=gen_s)
+            a_txt, a_tok, a_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype,
+                                                              temperature=1.0, generator=sample_rng)
+            b_txt, b_tok, b_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype,
+                                                              temperature=1.0, generator=sample_rng)
             prompts_t = [chat_prompt(x) for x in eval_instr]
             ra = raw_rewards(rm, tok, prompts_t, a_tok, a_end, device, dtype)
             rb = raw_rewards(rm, tok, prompts_t, b_tok, b_end, device, dtype)

@@ -2,7 +2,7 @@
 Stage 1 — supervised fine-tuning (SFT): teach the base model the answer format from demonstrations.
 
 Objective: maximum likelihood of the demonstrated response given the prompt, on RESPONSE tokens only
-(Ouyang et al. 2022, InstructGPT, section 3.5; the tutorial's L_SFT):
+(Ouyang et al. 2022, InstructGPT, section 3.5):
 
     L_SFT = - (1/N) * sum_i sum_{t in response_i} log pi(y_t | x_i, y_<t)
 
@@ -29,7 +29,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
 from minipost import common, data
@@ -39,33 +38,42 @@ from minipost import common, data
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", default="checkpoints/base", help="base checkpoint directory, or gpt2 | gpt2-medium | ... (official weights)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", default="checkpoints/base",
+                   help="base checkpoint directory, or gpt2 | gpt2-medium | ... (official weights)")
     p.add_argument("--base", default="", help="model the evaluation compares against (win rate, KL); empty = --init")
     p.add_argument("--data", default="world", help="world | alpaca | dolly | PATH (.json / .jsonl / .jsonl.gz)")
-    p.add_argument("--steps", type=common.positive_int, default=60, help="optimizer steps (short and gentle: longer SFT erodes pre-trained knowledge)")
+    p.add_argument("--steps", type=common.positive_int, default=60,
+                   help="optimizer steps (short and gentle: longer SFT erodes pre-trained knowledge)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="examples per optimizer step")
     p.add_argument("--micro-batch-size", type=int, default=16,
-                   help="at most this many examples per forward pass, grouped by length (less padding, same gradient); -1 = --batch-size")
+                   help="at most this many examples per forward pass, grouped by length (less padding, same "
+                        "gradient); -1 = --batch-size")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per example; -1 = the model's context")
-    p.add_argument("--max-prompt-tokens", type=int, default=-1, help="prompt budget before left truncation; -1 = half the block")
+    p.add_argument("--max-prompt-tokens", type=int, default=-1,
+                   help="prompt budget before left truncation; -1 = half the block")
     p.add_argument("--lr", type=common.positive_float, default=2e-4, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=6, help="linear warmup steps")
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")
     p.add_argument("--weight-decay", type=common.nonneg_float, default=0.0, help="AdamW weight decay on matrices")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
-    p.add_argument("--holdout", type=common.unit_float, default=0.05, help="fraction of demonstrations held out for the held-out loss")
+    p.add_argument("--holdout", type=common.unit_float, default=0.05,
+                   help="fraction of demonstrations held out for the held-out loss")
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
-    p.add_argument("--eval-limit", type=common.nonneg_int, default=0, help="evaluate on this many held-out prompts; 0 = all")
-    p.add_argument("--stop-at", type=int, default=-1, help="stop after this many steps as if interrupted (tests --resume); -1 = never")
+    p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
+                   help="evaluate on this many held-out prompts; 0 = all")
+    p.add_argument("--stop-at", type=int, default=-1,
+                   help="stop after this many steps as if interrupted (tests --resume); -1 = never")
     common.add_common_args(p, out_dir="checkpoints/sft")
     args = p.parse_args(argv)
     if args.micro_batch_size == -1:
         args.micro_batch_size = args.batch_size
     if args.micro_batch_size <= 0:
         p.error(f"--micro-batch-size {args.micro_batch_size} must be positive (or -1 = --batch-size)")
-    args.micro_batch_size = min(args.micro_batch_size, args.batch_size)  # groups of at most this many; any batch size works
+    # groups of at most this many; any batch size works
+    args.micro_batch_size = min(args.micro_batch_size, args.batch_size)
     return args
 
 
@@ -82,8 +90,8 @@ def sft_loss(logits: torch.Tensor, batch: dict, n_targets: int) -> torch.Tensor:
     """
     targets = batch["input_ids"][:, 1:]  # (B, T-1)
     mask = batch["response_mask"][:, 1:].float()  # (B, T-1): 1 where the target is a response token or EOS
-    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-    return (ce.view_as(mask) * mask).sum() / n_targets
+    logp = common.token_logprobs(logits[:, :-1], targets)  # (B, T-1): log pi(y_t | x, y_<t)
+    return -(logp * mask).sum() / n_targets
 
 
 def count_targets(batch: dict) -> int:
@@ -132,34 +140,41 @@ def main(argv=None):
     train_ex, val_ex = data.split_holdout(examples, args.holdout, seed=0)
     train_seqs, enc_stats = data.encode_examples(tok, train_ex, block_size, max_prompt_tokens=max_prompt)
     val_seqs, _ = data.encode_examples(tok, val_ex, block_size, max_prompt_tokens=max_prompt)
-    print(f"data: {len(train_seqs)} train / {len(val_seqs)} held-out demonstrations; read {read_stats}; encoded {enc_stats}")
+    print(f"data: {len(train_seqs)} train / {len(val_seqs)} held-out demonstrations; read {read_stats}; "
+          f"encoded {enc_stats}")
     if not train_seqs:
         raise SystemExit(f"error: no usable demonstrations in {args.data}")
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
+    data_rng = torch.Generator().manual_seed(args.seed)
     start = 0
     if args.resume:
-        start = common.resume(args.out, model, optimizer, gen)
+        start = common.resume(args.out, model, optimizer, data_rng)
 
     log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
 
     def save(step, metrics):
         common.save_stage(args.out, model, stage="sft", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, gen),
+                          train_state=common.train_state(optimizer, step, data_rng),
                           extra={"init": args.init, "data_stats": {**read_stats, **enc_stats}})
+
+    # --stop-at (a test hook): end early as if interrupted; --resume continues
+    interrupted = start < args.stop_at <= args.steps
+    end = args.stop_at if interrupted else args.steps
 
     # ---- the training loop
     model.train()
-    for step in range(start, args.steps):
+    for step in range(start, end):
         t0 = time.time()
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
-        picks = torch.randint(0, len(train_seqs), (args.batch_size,), generator=gen).tolist()
+        picks = torch.randint(0, len(train_seqs), (args.batch_size,), generator=data_rng).tolist()
         # micro-batches of similar lengths: the gradient is that of the whole batch (sft_loss divides by the
         # step's token count), but a short answer no longer pays for the padding of the longest poem
         groups = data.length_groups([len(train_seqs[i][0]) for i in picks], args.micro_batch_size)
-        micro = [{k: v.to(device) for k, v in data.collate([train_seqs[picks[j]] for j in g], tok.eos_id).items()} for g in groups]
+        micro = [{k: v.to(device) for k, v in data.collate([train_seqs[picks[j]] for j in g], tok.eos_id).items()}
+                 for g in groups]
+        # ---- TRAINING STEP BEGIN
         n_targets = sum(count_targets(b) for b in micro)  # response tokens in the whole step
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
@@ -170,25 +185,28 @@ def main(argv=None):
             common.check_finite(loss, step, f"loss (micro-batch of {b['input_ids'].size(0)})")
             loss.backward()
             step_loss += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
+        # ---- TRAINING STEP END; what follows only measures
         dt = time.time() - t0
         tokens = sum(int(b["attention_mask"].sum()) for b in micro)
         metrics = dict(loss=step_loss, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000, **{"tok/s": tokens / dt})
         if val_seqs and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
             metrics["val_loss"] = held_out_loss(model, val_seqs, tok, device, dtype)
         log.log(step, **metrics)
-        if step + 1 == args.stop_at:
-            save(step + 1, {})
-            print(f"stopped at step {step + 1} (--stop-at); continue with --resume")
-            return
+
+    if interrupted:
+        save(end, {})
+        print(f"stopped at step {end} (--stop-at); continue with --resume")
+        return
 
     final = {"val_loss": held_out_loss(model, val_seqs, tok, device, dtype) if val_seqs else None, "steps": args.steps}
     save(args.steps, final)
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/loss.png", ["loss", "val_loss"], "SFT (train_sft.py)")
     print(f"wrote {args.out}")
 
-    # ---- the tutorial's side-by-side, and the judge's numbers for base and SFT
+    # ---- base and SFT answers side by side, and the judge's numbers for both
     if args.skip_eval or args.data != "world":
         return
     from minipost import evaluate
@@ -211,7 +229,8 @@ def main(argv=None):
     evaluate.write_eval(args.out, result)
     print(f"{'metric':>24} | {'base':>8} | {'sft':>8}")
     for k in ("format_rate", "accuracy", "fact_accuracy", "skill_accuracy", "harmful_refusal_rate",
-              "benign_refusal_rate", "gold_score", "gold_score_sampled", "distinct_2", "mean_length", "eos_rate", "knowledge_rank_accuracy"):
+              "benign_refusal_rate", "gold_score", "gold_score_sampled", "distinct_2", "mean_length", "eos_rate",
+              "knowledge_rank_accuracy"):
         fb = "n/a" if b[k] is None else f"{b[k]:.3f}"
         fm = "n/a" if m[k] is None else f"{m[k]:.3f}"
         print(f"{k:>24} | {fb:>8} | {fm:>8}")

@@ -1,6 +1,6 @@
 """
 Small pieces every training script shares: device and dtype, seeding, the learning-rate schedule,
-the optimizer, log lines, response log-probs, loading and saving models, argparse checks.
+the optimizer, log lines, the next-token log-prob, loading and saving models, argparse checks.
 
 Kept deliberately plain: each stage's math lives in its own script; this file is plumbing.
 """
@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import data
 from minipost.model import GPT, OFFICIAL, GPTConfig, GPTScalar, config_from_preset
 from minipost.tokenizer import Tokenizer
 
@@ -78,7 +77,8 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--device", default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto = bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with AMX/AVX512-BF16), else fp32")
+                   help="auto = bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with "
+                        "AMX/AVX512-BF16), else fp32")
     p.add_argument("--seed", type=int, default=seed, help="random seed (data order, init, sampling)")
 
 
@@ -89,7 +89,8 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
 def pick_device(requested: str = "") -> torch.device:
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            sys.exit(f"error: --device {requested} but torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
+            sys.exit(f"error: --device {requested} but torch sees no CUDA GPU (torch {torch.__version__}); "
+                     "use --device cpu")
         if requested == "mps" and not torch.backends.mps.is_available():
             sys.exit("error: --device mps but MPS is not available; use --device cpu")
         return torch.device(requested)
@@ -101,7 +102,7 @@ def pick_device(requested: str = "") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True on x86 CPUs with AMX or AVX512-BF16 matrix units (where bf16 matmuls are ~4x fp32)."""
+    """True on x86 CPUs with AMX or AVX512-BF16 matrix units, where bf16 matmuls are much faster than fp32."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -122,7 +123,7 @@ def pick_dtype(device: torch.device, requested: str = "auto") -> tuple[torch.dty
         if requested == "bf16":
             return torch.bfloat16, "bf16 autocast as requested"
         if cpu_has_fast_bf16():
-            return torch.bfloat16, "bf16 autocast: this CPU has AMX/AVX512-BF16 matrix units (about 2x faster training)"
+            return torch.bfloat16, "bf16 autocast: this CPU has AMX/AVX512-BF16 matrix units"
         return torch.float32, "fp32: this CPU has no fast bf16 matrix units"
     if requested == "bf16":
         return torch.bfloat16, "bf16 autocast as requested"
@@ -177,7 +178,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel for all parameters (the per-tensor loop took 12 of ~250 ms per tiny training step on CPU)
+    # fused: one kernel for all parameters; the per-tensor loop costs a visible share of a tiny step (docs/notes.md)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
@@ -197,30 +198,21 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "loss"):
 
 
 # -----------------------------------------------------------------------------
-# Log-probabilities of responses (shared by SFT eval, DPO, PPO, evaluation)
+# The one log-prob function every stage uses (SFT loss, sequence log-probs of RM/DPO/evaluation, PPO)
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """log p(x_{t+1} | x_<=t) for every position: logits (B, T, V), ids (B, T) -> (B, T-1), in fp32."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target | everything before it): logits (..., V), targets (...) -> (...), in fp32 (bf16 sums drift).
+    For a whole sequence, the logits at position t predict the token at t + 1: pass logits[:, :-1], ids[:, 1:]."""
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
 
 
-def response_logprobs(model: GPT, batch: dict) -> torch.Tensor:
-    """Sum of log-probs over response tokens (incl. EOS) of each sequence: (B,). Prompt and padding excluded."""
-    logits = model(batch["input_ids"], batch["attention_mask"])  # (B, T, V)
-    logps = token_logprobs(logits, batch["input_ids"])  # (B, T-1)
-    return (logps * batch["response_mask"][:, 1:]).sum(dim=1)  # (B,)
-
-
-def per_sequence(fn, seqs: list[tuple[list[int], int]], pad_id: int, device, rows: int = 32) -> torch.Tensor:
-    """fn(batch) -> (B,) one number per sequence (a log-prob sum, a reward), computed on length-sorted groups
-    of at most `rows` sequences (data.length_groups: little padding) and returned as (N,) in the order of
-    `seqs`. Gradients flow through as if it were one batch."""
-    groups = data.length_groups([len(ids) for ids, _ in seqs], rows)
-    out = torch.cat([fn({k: v.to(device) for k, v in data.collate([seqs[i] for i in g], pad_id).items()}) for g in groups])
-    order = torch.tensor([i for g in groups for i in g], device=out.device)
-    return out[torch.argsort(order)]  # out[j] belongs to seqs[order[j]]
+def pair_accuracy(margins, pairs: list, batch_size: int = 64) -> float:
+    """Share of pairs whose margin (chosen minus rejected) is > 0. margins(start, chunk) -> (len(chunk),)."""
+    right = 0
+    for i in range(0, len(pairs), batch_size):
+        right += int((margins(i, pairs[i : i + batch_size]) > 0).sum())
+    return right / max(len(pairs), 1)
 
 
 # -----------------------------------------------------------------------------
@@ -324,7 +316,8 @@ def load_model(source: str, device="cpu", kind: str | None = None):
             model = scalar
         return model.to(device), tok, config
     if not ckpt.has_checkpoint(source):
-        raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: {', '.join(OFFICIAL)})")
+        raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: "
+                                   f"{', '.join(OFFICIAL)})")
     state, config = ckpt.load_checkpoint(source)
     gcfg = dropout_off(GPTConfig.from_dict(config["model"]))  # post-training compares log-probs: no dropout
     saved_kind = config.get("kind", "lm")

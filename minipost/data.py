@@ -25,7 +25,7 @@ Three layers, read them in order:
    response, concatenate, append EOS) and the truncation policy; `collate` pads a batch and builds the
    masks FROM LENGTHS, never from token ids. That matters because GPT-2 has no pad token: we pad with
    the EOS id, so `input_ids != pad_id` would also hide the real EOS that ends every response, and the
-   model would never learn to stop (REFERENCE.md, pitfall 1).
+   model would never learn to stop (docs/pitfalls.md, pitfall 1).
 
 Named datasets are downloaded on first use into `checkpoints/data/` (see DATASETS and download.py);
 nothing touches the network at import time.
@@ -39,6 +39,7 @@ import re
 import zlib
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -613,9 +614,17 @@ def encode_examples(tok, examples: list[dict], block_size: int,
     return out, stats
 
 
+class EncodedPair(NamedTuple):
+    """One tokenized preference pair. Both sequences are prompt + answer + EOS and share the first n_prompt tokens."""
+    chosen: list[int]
+    rejected: list[int]
+    n_prompt: int
+    margin: float  # how much better chosen is, when the data says (0.0 otherwise)
+
+
 def encode_pairs(tok, pairs: list[dict], block_size: int, max_prompt_tokens: int | None = None
-                 ) -> tuple[list[tuple[list[int], list[int], int, float]], dict]:
-    """Preference pairs -> ([(chosen_ids, rejected_ids, n_prompt, margin)], stats).
+                 ) -> tuple[list[EncodedPair], dict]:
+    """Preference pairs -> ([EncodedPair(chosen, rejected, n_prompt, margin)], stats).
 
     Both answers share the same (identically truncated) prompt. margin is 0.0 when the pair has none.
     A pair whose two sequences are identical after truncation (the answers differed only beyond the
@@ -637,7 +646,7 @@ def encode_pairs(tok, pairs: list[dict], block_size: int, max_prompt_tokens: int
         if chosen[0] == rejected[0]:
             stats["dropped_identical_after_truncation"] += 1
             continue
-        out.append((chosen[0], rejected[0], chosen[1], float(p.get("margin", 0.0))))
+        out.append(EncodedPair(chosen[0], rejected[0], chosen[1], float(p.get("margin", 0.0))))
     stats["pairs"] = len(out)
     return out, stats
 
@@ -685,6 +694,24 @@ def collate(seqs: list[tuple[list[int], int]], pad_id: int, side: str = "right")
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
+def per_sequence(fn, seqs: list[tuple[list[int], int]], pad_id: int, device, rows: int = 32) -> torch.Tensor:
+    """fn(batch) -> (B,) one number per sequence (a log-prob sum, a reward), computed on length-sorted groups
+    of at most `rows` sequences (length_groups: little padding) and returned as (N,) in the order of
+    `seqs`. Gradients flow through as if it were one batch."""
+    groups = length_groups([len(ids) for ids, _ in seqs], rows)
+    out = torch.cat([fn({k: v.to(device) for k, v in collate([seqs[i] for i in g], pad_id).items()}) for g in groups])
+    order = torch.tensor([i for g in groups for i in g], device=out.device)
+    return out[torch.argsort(order)]  # out[j] belongs to seqs[order[j]]
+
+
+def per_pair(fn, pairs: list[EncodedPair], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fn of every chosen sequence (B,), fn of every rejected sequence (B,)): the 2B sequences go through
+    per_sequence together (fewer, fuller batches), chosen first."""
+    seqs = [(p.chosen, p.n_prompt) for p in pairs] + [(p.rejected, p.n_prompt) for p in pairs]
+    out = per_sequence(fn, seqs, pad_id, device)  # (2B,)
+    return out[: len(pairs)], out[len(pairs) :]
+
+
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """The column of each row's last real token, from the mask alone: (B,) long.
 
@@ -696,21 +723,6 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
         raise ValueError("a row of attention_mask has no real token")
     positions = torch.arange(L, device=attention_mask.device).expand(B, L)  # (B, L)
     return torch.where(attention_mask.bool(), positions, -1).max(dim=1).values  # (B,)
-
-
-def batches(items: list, batch_size: int, generator: torch.Generator, shuffle: bool = True,
-            drop_last: bool = False):
-    """One epoch over items in lists of batch_size (the last may be smaller unless drop_last).
-    The order comes from `generator`, so the same seed gives the same batches; call again for the next epoch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    order = torch.randperm(len(items), generator=generator).tolist() if shuffle else range(len(items))
-    order = list(order)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        if drop_last and len(idx) < batch_size:
-            return
-        yield [items[i] for i in idx]
 
 
 def load_pair_splits(source: str, holdout: float, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], list[dict], dict]:

@@ -33,6 +33,7 @@ With reference models:
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -82,7 +83,7 @@ def knowledge_rank_accuracy(model, tok: Tokenizer, probes: list[dict], *, device
         batch = collate(seqs, tok.eos_id, side="right")
         batch = {k: v.to(device) for k, v in batch.items()}
         with common.autocast(device, dtype):
-            scores = common.response_logprobs(model, batch)  # (n_options,)
+            scores = sequence_logprob(model, batch)  # (n_options,)
         right += int(scores.argmax().item() == 0)
     return right / len(probes)
 
@@ -100,8 +101,15 @@ def sequence_kl(policy, ref, tok: Tokenizer, instructions: list[str], rounds, *,
     for i in range(0, len(seqs), 64):
         batch = {k: v.to(device) for k, v in collate(seqs[i : i + 64], tok.eos_id).items()}
         with common.autocast(device, dtype):
-            total += (common.response_logprobs(policy, batch) - common.response_logprobs(ref, batch)).sum().item()
+            total += (sequence_logprob(policy, batch) - sequence_logprob(ref, batch)).sum().item()
     return total / len(seqs)
+
+
+def sequence_logprob(model, batch: dict) -> torch.Tensor:
+    """log pi(y|x) of each sequence (B,). Defined and explained beside the DPO loss, in train_dpo.py."""
+    from train_dpo import sequence_logprob as defined_in_train_dpo  # scripts sit at the repository root
+
+    return defined_in_train_dpo(model, batch)
 
 
 def distinct_n(texts: list[str], n: int = 2) -> float:
@@ -181,7 +189,8 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
     for name, ref in (refs or {}).items():
         theirs = (ref_results or {}).get(name)
         if theirs is None:
-            theirs = evaluate_model(ref, tok, world, device=device, dtype=dtype, seed=seed, n_samples=n_samples, limit=limit)
+            theirs = evaluate_model(ref, tok, world, device=device, dtype=dtype, seed=seed, n_samples=n_samples,
+                                    limit=limit)
         theirs = theirs["samples"]
         assert [t["prompt"] for t in theirs] == instructions, f"ref_results[{name!r}] answered other prompts"
         metrics[f"win_rate_vs_{name}"] = win_rate([a for s in samples for a in s["sampled_scores"]],
@@ -226,7 +235,8 @@ def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0)
     with these settings (else None): a later stage's reference answers without generating them again."""
     try:
         metrics = json.loads((Path(ckpt_dir) / "eval.json").read_text())
-        samples = [json.loads(line) for line in (Path(ckpt_dir) / "samples.jsonl").read_text().splitlines() if line.strip()]
+        lines = (Path(ckpt_dir) / "samples.jsonl").read_text().splitlines()
+        samples = [json.loads(line) for line in lines if line.strip()]
     except (OSError, ValueError):
         return None
     settings = metrics.pop("eval_settings", None)
@@ -258,6 +268,74 @@ def print_metrics(metrics: dict, title: str = ""):
     print(f"--- {title}")
     for k, v in metrics.items():
         print(f"  {k:>24}: {v:.4f}" if isinstance(v, float) else f"  {k:>24}: {v}")
+
+
+# -----------------------------------------------------------------------------
+# Shared by the stages: the final evaluation against references, and the policy-pairs options and loading
+
+
+def evaluate_stage(policy, tok: Tokenizer, *, world_seed: int, sft, sft_dir: str, base_dir: str, device, dtype,
+                   seed: int, limit: int, title: str):
+    """The end of PPO and DPO: the policy on the world's held-out prompts, with win rates and KL against the
+    SFT model (and the base model, when base_dir is given). Returns (world, reference results, result): the
+    reference answers are computed once (or read from their own stage) and can be reused (DPO's sweep)."""
+    from minipost.world import build_world
+
+    world = build_world(seed=world_seed, n_docs=1)
+    refs, dirs = {"sft": sft}, {"sft": sft_dir}
+    if base_dir:
+        base, _, _ = common.load_model(base_dir, device)
+        refs["base"], dirs["base"] = common.frozen(base), base_dir
+    ref_results = {name: evaluate_reference(m, dirs[name], tok, world, device=device, dtype=dtype, seed=seed,
+                                            limit=limit) for name, m in refs.items()}
+    result = evaluate_model(policy, tok, world, device=device, dtype=dtype, refs=refs, ref_results=ref_results,
+                            seed=seed, limit=limit)
+    print_samples(result, n=2, title=f"{title} model, held-out prompts (greedy)")
+    print_metrics(result["metrics"], f"{title} evaluation")
+    return world, ref_results, result
+
+
+def add_policy_pair_args(p, whose: str):
+    """--policy-pairs, --policy-samples, --label-noise: the same options (and pairs) in train_rm.py and train_dpo.py."""
+    p.add_argument("--policy-pairs", type=common.nonneg_int, default=800,
+                   help=f"toy world: add judge-labelled pairs of {whose} own samples on this many training prompts "
+                        "(0 = off); train_rm.py and train_dpo.py get the same pairs from the same model, seed, noise")
+    p.add_argument("--policy-samples", type=common.positive_int, default=2,
+                   help="samples per prompt for those pairs (>= 2); every untied pair of them is a comparison, "
+                        "K(K-1)/2 per prompt, shuffled like any pair (InstructGPT ranked K = 4-9 but kept a prompt's "
+                        "pairs in one batch element, because its samples recur in K-1 pairs)")
+    p.add_argument("--label-noise", type=common.unit_float, default=0.1, help="label-flip rate of those policy pairs")
+
+
+def check_policy_pair_args(p, args):
+    if args.policy_samples < 2:
+        p.error(f"--policy-samples must be >= 2 (a pair needs two samples), got {args.policy_samples}")
+
+
+def load_preference_pairs(args, tok: Tokenizer, block_size: int, *, sampler, sampler_dir: str, device, dtype):
+    """(train pairs, held-out pairs) encoded, and what was read: the offline pairs of --data, plus on the toy
+    world judge-labelled pairs of `sampler()`'s own samples (policy_pairs). Exits with a one-line error."""
+    from minipost import data
+
+    try:
+        pairs, val_pairs, read_stats = data.load_pair_splits(args.data, args.holdout)
+    except (data.DataError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    if args.data == "world" and args.policy_pairs:
+        # InstructGPT's labellers compared samples of the SFT model; the gold judge labels ours
+        model = sampler()
+        t0 = time.time()
+        extra, extra_stats = policy_pairs(model, tok, args.policy_pairs, label_noise=args.label_noise, seed=args.seed,
+                                          device=device, dtype=dtype, cache_dir=sampler_dir,
+                                          samples=args.policy_samples)
+        pairs, read_stats = pairs + extra, {**read_stats, **extra_stats}
+        print(f"policy pairs: {extra_stats} ({time.time() - t0:.1f}s)")
+    train_enc, enc_stats = data.encode_pairs(tok, pairs, block_size)
+    val_enc, _ = data.encode_pairs(tok, val_pairs, block_size)
+    print(f"data: {len(train_enc)} train / {len(val_enc)} held-out pairs; read {read_stats}; encoded {enc_stats}")
+    if not train_enc:
+        raise SystemExit(f"error: no usable preference pairs in {args.data}")
+    return train_enc, val_enc, {**read_stats, **enc_stats}
 
 
 def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label_noise: float, seed: int, device,
@@ -377,7 +455,8 @@ if __name__ == "__main__":
 
     from minipost.world import build_world
 
-    p = argparse.ArgumentParser(description="python -m minipost.evaluate CHECKPOINT: the gold judge's best-of-n ceiling")
+    p = argparse.ArgumentParser(
+        description="python -m minipost.evaluate CHECKPOINT: the gold judge's best-of-n ceiling")
     p.add_argument("checkpoint", nargs="?", default="checkpoints/sft")
     p.add_argument("--best-of", default="1,2,4,8", help="comma-separated n")
     p.add_argument("--seed", type=int, default=0)

@@ -3,7 +3,7 @@ The report: checkpoints/report.md and its PNG plots, built only from what the st
 (each stage's eval.json, samples.jsonl, log.jsonl, and DPO's sweep.json). No model runs here.
 
 Sections:
-  1. the tutorial's capability table, with measured numbers instead of plus signs
+  1. what each stage changes, as a capability table with measured numbers instead of plus signs
   2. an InstructGPT-style bar chart: gold-judge win rate against the base model
   3. the reward-vs-KL frontier of PPO and DPO
   4. reward hacking: RM score and gold score against KL, with and without the KL penalty
@@ -211,7 +211,7 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
              "All numbers are the gold judge's, on held-out prompts the SFT and preference data never showed.", ""]
 
     # 1. the capability table
-    lines += ["## 1. What each stage changes (the tutorial's capability table, measured)", ""]
+    lines += ["## 1. What each stage changes (a capability table, measured)", ""]
     lines.append("| capability | measured as | " + " | ".join(name for _, name in present) + " |")
     lines.append("|---|---|" + "---|" * len(present))
     for label, key, how in CAPABILITIES:

@@ -11,7 +11,7 @@ token of rank r is the merge of two tokens of lower rank. Keeping only the ranks
 gives a complete, smaller BPE whose ids are GPT-2's own; the end-of-text token then gets id N-1.
 A 4,096-token vocabulary keeps the output layer cheap on a CPU.
 
-The chat template follows the tutorial (Alpaca / Dolly style):
+The chat template is the Alpaca / Dolly style:
 
     ### Instruction:
     {instruction}

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from minipost.data import (DataError, batches, collate, encode_example, encode_examples, encode_pairs,
+from minipost.data import (DataError, collate, encode_example, encode_examples, encode_pairs,
                            last_token_index, load_pairs, load_prompts, load_sft, read_records,
                            render_conversation, split_hh, split_holdout)
 from minipost.tokenizer import Tokenizer, chat_prompt
@@ -402,15 +402,6 @@ def test_split_holdout_is_deterministic_and_disjoint():
     assert split_holdout(items, frac=0.05, seed=0) == (train, held)
     assert split_holdout(items, frac=0.05, seed=1)[1] != held
     assert split_holdout([1, 2], frac=0.01) in [([1], [2]), ([2], [1])]  # at least one held out
-
-
-def test_batches():
-    items = list(range(10))
-    got = list(batches(items, 4, torch.Generator().manual_seed(0)))
-    assert [len(b) for b in got] == [4, 4, 2] and sorted(sum(got, [])) == items
-    assert got == list(batches(items, 4, torch.Generator().manual_seed(0)))  # same seed, same batches
-    assert sum(got, []) != items  # shuffled
-    assert list(batches(items, 4, torch.Generator(), shuffle=False, drop_last=True)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 # -----------------------------------------------------------------------------

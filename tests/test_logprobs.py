@@ -4,9 +4,9 @@ unchanged by padding, and the same whether sequences go through one padded batch
 import torch
 import torch.nn.functional as F
 
-from minipost import common, data
+from minipost import data
 from minipost.model import GPT, GPTConfig, GPTScalar
-from train_dpo import pair_logps
+from train_dpo import pair_logps, sequence_logprob
 from train_rm import score_pairs
 
 CFG = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=100, dropout=0.0)
@@ -27,7 +27,7 @@ def test_length_groups_cover_every_index_once_shortest_first():
     assert flat == sorted(lengths)
 
 
-def test_response_logprobs_is_minus_cross_entropy_over_the_response_and_ignores_padding():
+def test_sequence_logprob_is_minus_cross_entropy_over_the_response_and_ignores_padding():
     torch.manual_seed(0)
     model = GPT(GPTConfig(**CFG)).eval()
     ids, n_prompt = seqs_of([9])[0]
@@ -37,7 +37,7 @@ def test_response_logprobs_is_minus_cross_entropy_over_the_response_and_ignores_
         batch = data.collate([(ids, n_prompt), (ids + [5] * extra, n_prompt)], EOS)
         batch["attention_mask"][1, len(ids):] = 0
         batch["response_mask"][1, len(ids):] = 0
-        got = common.response_logprobs(model, batch)
+        got = sequence_logprob(model, batch)
         assert torch.allclose(got, by_hand.expand(2), atol=1e-5), (extra, got, by_hand)
 
 
@@ -45,9 +45,9 @@ def test_per_sequence_equals_one_batch_values_and_gradients():
     torch.manual_seed(0)
     model = GPT(GPTConfig(**CFG))
     seqs = seqs_of([12, 4, 30, 7, 4, 21, 9])
-    one = common.response_logprobs(model, data.collate(seqs, EOS))
+    one = sequence_logprob(model, data.collate(seqs, EOS))
     (g_one,) = torch.autograd.grad(one.sum() * 1.0 + (one * torch.arange(7.0)).sum(), model.lm_head.weight)
-    grouped = common.per_sequence(lambda b: common.response_logprobs(model, b), seqs, EOS, "cpu", rows=3)
+    grouped = data.per_sequence(lambda b: sequence_logprob(model, b), seqs, EOS, "cpu", rows=3)
     (g_grouped,) = torch.autograd.grad(grouped.sum() * 1.0 + (grouped * torch.arange(7.0)).sum(), model.lm_head.weight)
     assert torch.allclose(one, grouped, atol=1e-5)  # same order as seqs
     assert torch.allclose(g_one, g_grouped, atol=1e-5)
@@ -57,12 +57,12 @@ def test_pair_logps_and_score_pairs_match_sequences_scored_alone():
     torch.manual_seed(0)
     lm, rm = GPT(GPTConfig(**CFG)).eval(), GPTScalar(GPTConfig(**CFG)).eval()
     chosen, rejected = seqs_of([6, 25, 11], seed=1), seqs_of([18, 5, 11], seed=2)
-    pairs = [(c, r, n, 0.0) for (c, n), (r, _) in zip(chosen, rejected)]
+    pairs = [data.EncodedPair(c, r, n, 0.0) for (c, n), (r, _) in zip(chosen, rejected)]
     with torch.no_grad():
         lp_c, lp_r = pair_logps(lm, pairs, EOS, "cpu", torch.float32)
         r_c, r_r, _ = score_pairs(rm, pairs, EOS, "cpu", torch.float32)
         for i, (c, r, n, _) in enumerate(pairs):
             for ids, lp, rw in ((c, lp_c[i], r_c[i]), (r, lp_r[i], r_r[i])):
                 alone = data.collate([(ids, n)], EOS)
-                assert torch.allclose(lp, common.response_logprobs(lm, alone)[0], atol=1e-5)
+                assert torch.allclose(lp, sequence_logprob(lm, alone)[0], atol=1e-5)
                 assert torch.allclose(rw, rm.score(alone["input_ids"], alone["attention_mask"])[0], atol=1e-5)

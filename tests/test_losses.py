@@ -1,4 +1,4 @@
-"""Every stage's loss against REFERENCE.md's golden numbers (computed independently), with gradients."""
+"""Every stage's loss against golden numbers computed independently (by hand or in float64), with gradients."""
 
 import math
 
@@ -167,3 +167,30 @@ def test_adaptive_kl_controller():
     fixed = AdaptiveKL(0.1, target=0.0, horizon=10000)
     fixed.update(100.0, 1000)
     assert fixed.beta == 0.1
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+def test_sft_loss_micro_batches_give_the_full_batch_gradient():
+    """docs/pitfalls.md, pitfall 5: micro-batches with 1 and 99 target tokens, each divided by the step's
+    token count and summed, give the loss and gradient of the whole batch (a mean of means would not)."""
+    from minipost import data
+    from minipost.model import GPT, GPTConfig
+    from train_sft import count_targets, sft_loss
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=128, vocab_size=50, dropout=0.0))
+    seqs = [([1, 2, 3, 49], 3), ([(i % 48) + 1 for i in range(100)], 1)]  # 1 and 99 response tokens
+    full = data.collate(seqs, 0)
+    n = count_targets(full)
+    assert n == 100
+    whole = sft_loss(model(full["input_ids"], full["attention_mask"]), full, n)
+    (g_whole,) = torch.autograd.grad(whole, model.lm_head.weight)
+    parts = [data.collate([s], 0) for s in seqs]
+    summed = sum(sft_loss(model(b["input_ids"], b["attention_mask"]), b, n) for b in parts)
+    (g_summed,) = torch.autograd.grad(summed, model.lm_head.weight)
+    torch.testing.assert_close(summed, whole, rtol=1e-5, atol=0)
+    torch.testing.assert_close(g_summed, g_whole, rtol=1e-5, atol=1e-8)
+    mean_of_means = sum(sft_loss(model(b["input_ids"], b["attention_mask"]), b, count_targets(b)) for b in parts) / 2
+    assert abs(mean_of_means.item() - whole.item()) > 1e-3  # the mistake this guards against is measurable here

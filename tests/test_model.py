@@ -18,7 +18,7 @@ def tiny(fused=False, **kw) -> GPT:
 def test_presets_have_official_shapes():
     assert config_from_preset("gpt2").n_embd == 768
     m = GPT(config_from_preset("tiny"))
-    assert 4.0e6 < m.num_params() < 4.5e6  # FEASIBILITY.md's 4.24M model
+    assert 4.0e6 < m.num_params() < 4.5e6  # the 4.24M-parameter tiny preset
     assert m.lm_head.weight is m.transformer.wte.weight
     with pytest.raises(ValueError, match="unknown preset"):
         config_from_preset("gpt5")
@@ -44,7 +44,7 @@ def test_left_padding_leaves_logits_unchanged():
     mask = torch.cat([torch.zeros(1, pads, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], dim=1)
     out = m(padded, mask)
     torch.testing.assert_close(out[:, pads:], ref, atol=1e-5, rtol=1e-5)
-    # the pad rows are fully masked except for themselves: finite, never NaN (pitfall 3)
+    # the pad rows are fully masked except for themselves: finite, never NaN (docs/pitfalls.md, pitfall 3)
     assert torch.isfinite(out).all()
 
 

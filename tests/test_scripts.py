@@ -69,10 +69,10 @@ def test_base_loss_falls_and_stage_checks_are_printed(micro):
     d, out = micro
     rows = log_rows(d / "base" / "log.jsonl")
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
-    # DPO at step 0: policy == reference, so the loss is ln 2 (pitfall 6)
+    # DPO at step 0: policy == reference, so the loss is ln 2 (docs/pitfalls.md, pitfall 6)
     m = re.search(r"check: step-0 \|h\| max (\S+); loss (\S+)", out)
     assert m and float(m.group(1)) == 0.0 and abs(float(m.group(2)) - math.log(2)) < 1e-6
-    # PPO's first minibatch: ratio exactly 1, nothing clipped (pitfall 7)
+    # PPO's first minibatch: ratio exactly 1, nothing clipped (docs/pitfalls.md, pitfall 7)
     for m in re.finditer(r"\|ratio - 1\| max (\S+) \(must be < 1e-5\), clip fraction (\S+)", out):
         assert float(m.group(1)) < 1e-5 and float(m.group(2)) == 0.0
     assert "|ratio - 1|" in out

@@ -1,4 +1,4 @@
-"""The offline GPT-2 tokenizer: REFERENCE.md's ids, the special-token rule, truncated vocabularies."""
+"""The offline GPT-2 tokenizer: GPT-2's published ids, the special-token rule, truncated vocabularies."""
 
 import pytest
 
