@@ -47,7 +47,7 @@ def make_call(kind, model, x, y, device, dtype):
         def score():
             with torch.no_grad(), common.autocast(device, dtype):
                 logits = model(x)  # (B, T, V)
-            return common.token_logprobs(logits.float(), x).sum()
+            return common.token_logprobs(logits[:, :-1].float(), x[:, 1:]).sum()  # (B, T-1) summed
         return score
     opt = common.make_optimizer(model, lr=1e-4, weight_decay=0.1)
 

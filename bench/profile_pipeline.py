@@ -43,7 +43,7 @@ WRAPPERS = {
 NAMED = [("minipost/evaluate.py", "evaluate_model"), ("minipost/evaluate.py", "generate_responses"),
          ("minipost/evaluate.py", "policy_pairs"), ("minipost/evaluate.py", "knowledge_rank_accuracy"),
          ("minipost/evaluate.py", "sequence_kl"), ("minipost/world.py", "judge"), ("minipost/world.py", "build_world"),
-         ("", "held_out_loss"), ("train_rm.py", "pair_accuracy"), ("train_rm.py", "raw_rewards"),
+         ("", "held_out_loss"), ("train_rm.py", "pair_accuracy"), ("train_rm.py", "heldout_accuracy"), ("train_rm.py", "raw_rewards"),
          ("train_dpo.py", "reference_logps"), ("train_dpo.py", "heldout_accuracy"), ("train_dpo.py", "train"),
          ("train_ppo.py", "rollout"), ("train_base.py", "tokenize_corpus"), ("minipost/common.py", "save_stage"),
          ("minipost/common.py", "plot_log"), ("minipost/common.py", "load_model")]
