@@ -101,9 +101,14 @@ def targets(train: dict | None, gen: dict | None) -> list[dict]:
 def trl_rows(quick: bool = False) -> tuple[list[dict], dict | None]:
     """Rows of trl_peer.json and of any trl_peer_*.json beside it (a shape run on its own, e.g. --shapes gpt2
     --out results/trl_peer_gpt2.json), and the first file's payload (machine, args)."""
-    files = sorted(benchlib.results_dir(quick).glob("trl_peer*.json"))
+    files = sorted(f for f in benchlib.results_dir(quick).glob("trl_peer*.json") if f.name != "trl_peer_memory.json")
     payloads = [json.loads(f.read_text()) for f in files]
     rows = [{**r, "file": f.name, "threads": p["machine"]["torch_threads"]} for f, p in zip(files, payloads) for r in p["rows"]]
+    memory = load("trl_peer_memory", quick)  # peak memory measured on its own (trl_peer.py --memory-only)
+    for m in (memory or {}).get("rows", []):
+        for r in rows:
+            if (r["task"], r["shape"], r["dtype"]) == (m["task"], m["shape"], m["dtype"]) and r.get("peak_mib_minipost") is None:
+                r.update(peak_mib_minipost=m["peak_mib_minipost"], peak_mib_trl=m["peak_mib_trl"])
     return rows, (payloads[0] if payloads else None)
 
 

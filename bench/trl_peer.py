@@ -74,6 +74,8 @@ def parse_args(argv=None):
                    help="timed steps of each side, alternating; the median is reported (0 = per shape: tiny 5, gpt2 3)")
     p.add_argument("--memory", default="all", choices=["all", "tiny", "none"],
                    help="peak memory of each configuration in a fresh process: every shape, tiny only, or none")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the peak-memory children (no timing); writes trl_peer_memory.json (run_all merges it)")
     # internal: one side of one configuration in a fresh process, for its peak memory
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--side", default="minipost", help=argparse.SUPPRESS)
@@ -441,6 +443,32 @@ def child(args, device):
     benchlib.child_report({"base_mib": base_mem, "resident_mib": before, "peak_mib": peak, "delta_mib": peak - before})
 
 
+def memory_children(args, task, shape, dname, device) -> dict:
+    """{peak_mib_minipost, peak_mib_trl}: each side of one configuration in a fresh process (child())."""
+    out = {}
+    for side in ("minipost", "trl"):
+        child_args = ["--child", "--side", side, "--task", task, "--shape", shape, "--dtype", dname, "--init", args.init,
+                      "--device", str(device)] + (["--quick"] if args.quick else [])
+        mem = benchlib.measure_in_child("trl_peer.py", child_args)
+        out[f"peak_mib_{side}"] = mem and mem["delta_mib"]
+    print(f"  {task} {shape} {dname}: peak memory above resident: minipost {out['peak_mib_minipost']}, TRL {out['peak_mib_trl']} MiB",
+          flush=True)
+    return out
+
+
+def memory_only(args, device, info):
+    rows = []
+    for shape in args.shapes.split(","):
+        for task in args.tasks.split(","):
+            for dtype in benchlib.bench_dtypes(device, args.dtypes):
+                dname = benchlib.dtype_name(dtype)
+                rows.append({"task": task, "shape": shape, "dtype": dname, **memory_children(args, task, shape, dname, device)})
+                out = benchlib.results_dir(args.quick) / "trl_peer_memory.json"
+                benchlib.write_json(args.out or out, {"benchmark": "trl_peer_memory", "quick": args.quick, "machine": info,
+                                                      "args": vars(args), "rows": rows})
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     benchlib.set_threads(args.threads)
@@ -467,6 +495,8 @@ def main(argv=None):
             "benchmark": "trl_peer", "quick": args.quick, "machine": info, "rows": rows,
             "args": {k: v for k, v in vars(args).items() if k not in ("child", "side", "task", "shape", "dtype")}})
 
+    if args.memory_only:
+        return memory_only(args, device, info)
     for shape in args.shapes.split(","):
         for task in args.tasks.split(","):
             for dtype in benchlib.bench_dtypes(device, args.dtypes):
@@ -498,12 +528,7 @@ def main(argv=None):
                 del sides
                 gc.collect()
                 if args.memory == "all" or (args.memory == "tiny" and shape == "tiny"):
-                    for s in ("minipost", "trl"):
-                        child_args = ["--child", "--side", s, "--task", task, "--shape", shape, "--dtype", dname,
-                                      "--init", args.init, "--device", str(device)] + (["--quick"] if args.quick else [])
-                        mem = benchlib.measure_in_child("trl_peer.py", child_args)
-                        row[f"peak_mib_{s}"] = mem and mem["delta_mib"]
-                    print(f"  peak memory above resident: minipost {row.get('peak_mib_minipost')}, TRL {row.get('peak_mib_trl')} MiB")
+                    row.update(memory_children(args, task, shape, dname, device))
                 rows.append(row)
                 write(rows)  # after every configuration: a run that is stopped keeps what it measured
     print("\nms per optimizer step, median of the timed steps (alternating); speedup = TRL ms / minipost ms")
