@@ -102,6 +102,12 @@ def _commit(tmp, path):
 
 def atomic_write_bytes(path, data: bytes):
     _commit(_write_temp(path, lambda f: f.write(data)), path)
+    _written_here.add(Path(path).resolve())
+
+
+# Files this process wrote (eval.json, samples.jsonl...): results of the model it is training, which a stage
+# may write just before its final save. A save keeps these and removes the older ones (see _roll_forward).
+_written_here = set()
 
 
 def atomic_write_json(path, obj):
@@ -376,7 +382,8 @@ def _roll_forward(out_dir):
         old_weights = None
     if listed.get(MODEL_FILE) != old_weights:
         for name in DERIVED_FILES:
-            (out_dir / name).unlink(missing_ok=True)  # results of weights that are gone
+            if (out_dir / name).resolve() not in _written_here:
+                (out_dir / name).unlink(missing_ok=True)  # results of weights that are gone
     try:
         os.replace(config_new, out_dir / CONFIG_FILE)
     except FileNotFoundError:

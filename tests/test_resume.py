@@ -103,3 +103,11 @@ def test_ctrl_c_names_the_last_periodic_checkpoint(tiny_dir, tmp_path, capsys, m
     assert capsys.readouterr().err.strip() == (f"interrupted: the last checkpoint is {tmp_path / 'run'} (step 3, saved "
                                                "by this run); continue it with --resume")
     assert logged_steps(tmp_path / "run") == [0, 1, 2, 3]
+
+
+def test_grpo_resume_is_exact(tiny_dir, tmp_path):
+    argv = ["--init", tiny_dir / "lm", "--rm", tiny_dir / "rm", "--reward", "rm", "--base", "",
+            "--prompts", tiny_dir / "prompts.jsonl", "--steps", "5", "--prompts-per-step", "2", "--group-size", "2",
+            "--minibatch-size", "2", "--max-new-tokens", "4", "--warmup", "6", "--skip-eval", "--dtype", "fp32",
+            "--device", "cpu"]
+    assert_resume_is_exact("train_grpo", argv, tmp_path, total=5)
