@@ -53,13 +53,25 @@ MAX_NEW_TOKENS = 48
 def generate_responses(model, tok: Tokenizer, instructions: list[str], *, device, dtype=torch.float32,
                        temperature=0.0, generator=None, max_new_tokens=MAX_NEW_TOKENS, batch_size=64):
     """Answer each instruction in the chat template. Returns (texts, token lists without EOS, ended_with_eos)."""
+    prompts = [tok.encode(chat_prompt(x)) for x in instructions]
+    return generate_from_ids(model, tok, prompts, device=device, dtype=dtype, temperature=temperature,
+                             generator=generator, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+@torch.no_grad()
+def generate_from_ids(model, tok: Tokenizer, prompts: list[list[int]], *, device, dtype=torch.float32,
+                      temperature=0.0, generator=None, max_new_tokens=MAX_NEW_TOKENS, batch_size=64):
+    """Answer prompts given as token ids (already templated and truncated to fit the context).
+    Returns (texts, token lists without EOS, ended_with_eos)."""
     texts, token_lists, ended = [], [], []
     model.eval()
-    for i in range(0, len(instructions), batch_size):
-        chunk = instructions[i : i + batch_size]
-        prompts = [tok.encode(chat_prompt(x)) for x in chunk]
-        budget = min(max_new_tokens, model.config.block_size - max(map(len, prompts)))
-        batch = collate([(p, len(p)) for p in prompts], tok.eos_id, side="left")
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        budget = min(max_new_tokens, model.config.block_size - max(map(len, chunk)))
+        if budget < 1:
+            raise ValueError(f"a prompt of {max(map(len, chunk))} tokens leaves no room in the context of "
+                             f"{model.config.block_size}; truncate prompts first (data.encode_prompts)")
+        batch = collate([(p, len(p)) for p in chunk], tok.eos_id, side="left")
         with common.autocast(device, dtype):
             out = model.generate(batch["input_ids"].to(device), budget, temperature=temperature,
                                  attention_mask=batch["attention_mask"].to(device), eos_token_id=tok.eos_id,
@@ -527,6 +539,63 @@ def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device
     for name, scores in (("greedy", [v.score for v in greedy]), ("knowledge_oracle", oracle)):
         out[name] = (win_rate(scores + scores, ordinary), sum(scores) / len(scores))
     return out
+
+
+# -----------------------------------------------------------------------------
+# Real data: no judge, so side-by-side samples on fixed held-out prompts stand in for it
+
+
+def side_by_side(models: dict, tok: Tokenizer, prompts: list[list[int]], *, max_new_tokens: int, device,
+                 dtype=torch.float32, rm=None) -> list[dict]:
+    """Greedy answers of each model to the same prompts: [{"prompt", <name>: answer, ...}].
+
+    `models` maps a column name to a model ({"sft": sft, "dpo": policy}). `prompts` are token ids (templated),
+    left-truncated here if needed to leave max_new_tokens of room, so a long dialogue keeps its last turns;
+    "prompt" holds the text the models saw. With a reward model `rm`, each answer's reward is added as
+    "<name>_reward".
+    """
+    block_size = min(m.config.block_size for m in models.values())
+    room = max(1, block_size - max_new_tokens)
+    prompts = [p[-room:] for p in prompts]
+    rows = [{"prompt": tok.decode(p)} for p in prompts]
+    for name, model in models.items():
+        texts, toks, ended = generate_from_ids(model, tok, prompts, device=device, dtype=dtype,
+                                               max_new_tokens=max_new_tokens)
+        rewards = rewards_of(rm, tok, prompts, toks, ended, device, dtype).tolist() if rm is not None else None
+        for i, (row, text) in enumerate(zip(rows, texts)):
+            row[name] = text
+            if rewards is not None:
+                row[f"{name}_reward"] = round(rewards[i], 4)
+    return rows
+
+
+@torch.no_grad()
+def rewards_of(rm, tok: Tokenizer, prompts: list[list[int]], responses: list[list[int]], ended: list[bool], device,
+               dtype=torch.float32, batch_size: int = 64) -> torch.Tensor:
+    """The reward model's scores (N,) of responses (token lists without EOS; `ended`: the answer stopped with
+    EOS, which is then appended, as in the sequences the RM trained on) to prompts (token ids)."""
+    seqs = [(ids + toks + ([tok.eos_id] if eos else []), len(ids)) for ids, toks, eos in zip(prompts, responses, ended)]
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        batch = {k: v.to(device) for k, v in collate(seqs[i : i + batch_size], tok.eos_id).items()}
+        with common.autocast(device, dtype):
+            out.append(rm.score(batch["input_ids"], batch["attention_mask"]).float())
+    return torch.cat(out)
+
+
+def write_side_by_side(out_dir, rows: list[dict], title: str, show: int = 4, width: int = 300):
+    """Print the first `show` rows (each prompt's last `width` characters, then every model's answer) and
+    write all of them to out_dir/samples.jsonl, beside the checkpoint whose answers they are."""
+    from minipost.checkpoint import atomic_write_bytes
+
+    print(f"--- {title}")
+    for row in rows[:show]:
+        prompt = row["prompt"]
+        print(f"prompt: {'...' if len(prompt) > width else ''}{prompt[-width:]!r}")
+        for name, value in row.items():
+            if name != "prompt":
+                print(f"  {name:>6}: {value[:width]!r}" if isinstance(value, str) else f"  {name:>6}: {value}")
+    atomic_write_bytes(Path(out_dir) / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 if __name__ == "__main__":
