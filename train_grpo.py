@@ -310,9 +310,11 @@ def main(argv=None):
     dtype, why = common.pick_dtype(device, args.dtype)
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-        policy, tok, init_config = common.load_model(args.init, device)
-        ref, _, _ = common.load_model(args.init, device)
-        rm = common.load_model(args.rm, device, kind="scalar")[0] if args.reward in ("rm", "mixed") else None
+        policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        rm = None
+        if args.reward in ("rm", "mixed"):
+            rm = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)[0]
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.frozen(ref)
