@@ -43,8 +43,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="",
-                   help=f"empty = train the preset from scratch; or {' | '.join(OFFICIAL)} = official weights, no "
-                        f"training")
+                   help=f"empty = train the preset from scratch; or GPT-2 weights, no training: {' | '.join(OFFICIAL)} "
+                        f"(downloaded), a directory written by Hugging Face's save_pretrained, or a .safetensors file")
     p.add_argument("--preset", default="tiny", help="model shape to train from scratch (minipost/model.py PRESETS)")
     p.add_argument("--n-docs", type=common.positive_int, default=60000, help="documents in the toy-world corpus")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the toy world (facts split, corpus, demos)")
@@ -114,21 +114,26 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     dtype, why = common.pick_dtype(device, args.dtype)
-    try:
-        ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-    except ckpt.CheckpointError as e:
-        raise SystemExit(f"error: {e}")
-    common.seed_everything(args.seed)
-
-    if args.init:  # the official GPT-2 as the base: import and save, nothing to train
-        model, tok, _ = common.load_model(args.init, device)
+    if args.init:  # GPT-2 weights as the base: import and save, nothing to train
+        try:
+            # the weights first: a failed import leaves no --out behind
+            model, tok, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+            ckpt.prepare_output_dir(args.out, resume=False, overwrite=args.overwrite)
+        except ckpt.CheckpointError as e:
+            raise SystemExit(f"error: {e}")
         common.print_config("train_base (import)", args, {"device": device, "params": model.num_params()})
         common.save_stage(args.out, model, stage="base", kind="lm", tokenizer=tok, args=args,
                           metrics={}, extra={"init": args.init})
         print(f"wrote {args.out} ({args.init}, {model.num_params() / 1e6:.1f}M parameters)")
         return
 
-    config = config_from_preset(args.preset, dropout=args.dropout)
+    try:
+        ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    except ckpt.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    common.seed_everything(args.seed)
+
+    config = config_from_preset(args.preset, dropout=args.dropout, fused_attn=args.fused_attn)
     if args.block_size > 0:
         config.block_size = args.block_size
     args.block_size = config.block_size

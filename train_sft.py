@@ -61,6 +61,12 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=common.unit_float, default=0.05,
                    help="fraction of demonstrations held out for the held-out loss")
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
+    p.add_argument("--eval-examples", type=common.nonneg_int, default=256,
+                   help="held-out demonstrations scored every --eval-every steps (a fixed subset, so the periodic "
+                        "check stays cheap on a large held-out split); the final loss uses them all; 0 = all")
+    p.add_argument("--samples", type=common.nonneg_int, default=8,
+                   help="real data: held-out prompts answered by the initial and the SFT model side by side at the "
+                        "end (printed and written to samples.jsonl)")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
@@ -121,22 +127,28 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     dtype, why = common.pick_dtype(device, args.dtype)
+    # ---- data first: a missing or bad file is reported before any model loads
+    try:
+        examples, read_stats = data.load_sft(args.data)
+        data_fingerprint = data.data_fingerprint(args.data)  # the sha256 of the files trained on, for the checkpoint
+    except (data.DataError, OSError) as e:
+        raise SystemExit(f"error: {e}")
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-        model, tok, init_config = common.load_model(args.init, device)  # the base model: our starting point
+        # the base model: our starting point
+        model, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.seed_everything(args.seed)
     block_size = model.config.block_size if args.block_size <= 0 else min(args.block_size, model.config.block_size)
     max_prompt = args.max_prompt_tokens if args.max_prompt_tokens > 0 else block_size // 2
+    if not 1 <= max_prompt <= block_size - 1:
+        raise SystemExit(f"error: --max-prompt-tokens {max_prompt} must leave room for a response in the block of "
+                         f"{block_size} tokens (at most {block_size - 1})")
     common.print_config("train_sft", args, {"device": device, "dtype": why, "block_size": block_size,
                                             "params": f"{model.num_params() / 1e6:.2f}M"})
 
     # ---- data: demonstrations -> token sequences (prompt ids + response ids + EOS)
-    try:
-        examples, read_stats = data.load_sft(args.data)
-    except (data.DataError, OSError) as e:
-        raise SystemExit(f"error: {e}")
     train_ex, val_ex = data.split_holdout(examples, args.holdout, seed=0)
     train_seqs, enc_stats = data.encode_examples(tok, train_ex, block_size, max_prompt_tokens=max_prompt)
     val_seqs, _ = data.encode_examples(tok, val_ex, block_size, max_prompt_tokens=max_prompt)
@@ -144,6 +156,7 @@ def main(argv=None):
           f"encoded {enc_stats}")
     if not train_seqs:
         raise SystemExit(f"error: no usable demonstrations in {args.data}")
+    val_check = data.fixed_subset(val_seqs, args.eval_examples)  # the periodic check: the same examples every time
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
     data_rng = torch.Generator().manual_seed(args.seed)
@@ -156,7 +169,8 @@ def main(argv=None):
     def save(step, metrics):
         common.save_stage(args.out, model, stage="sft", kind="lm", tokenizer=tok, args=args, metrics=metrics,
                           train_state=common.train_state(optimizer, step, data_rng),
-                          extra={"init": args.init, "data_stats": {**read_stats, **enc_stats}})
+                          extra={"init": args.init, "data_stats": {**read_stats, **enc_stats},
+                                 "data": data_fingerprint})
 
     # --stop-at (a test hook): end early as if interrupted; --resume continues
     interrupted = start < args.stop_at <= args.steps
@@ -193,7 +207,7 @@ def main(argv=None):
         tokens = sum(int(b["attention_mask"].sum()) for b in micro)
         metrics = dict(loss=step_loss, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000, **{"tok/s": tokens / dt})
         if val_seqs and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
-            metrics["val_loss"] = held_out_loss(model, val_seqs, tok, device, dtype)
+            metrics["val_loss"] = held_out_loss(model, val_check, tok, device, dtype)
         log.log(step, **metrics)
 
     if interrupted:
@@ -207,13 +221,22 @@ def main(argv=None):
     print(f"wrote {args.out}")
 
     # ---- base and SFT answers side by side, and the judge's numbers for both
-    if args.skip_eval or args.data != "world":
+    if args.skip_eval:
         return
     from minipost import evaluate
+
+    if args.data != "world":  # real data has no judge: the two models' answers to fixed held-out prompts
+        if args.samples and val_seqs:
+            base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
+            held = data.fixed_subset(data.unique_prompts(val_seqs), args.samples)
+            rows = evaluate.side_by_side({"base": common.frozen(base), "sft": model.eval()}, tok, held,
+                                         max_new_tokens=evaluate.MAX_NEW_TOKENS, device=device, dtype=dtype)
+            evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: base vs SFT (greedy)")
+        return
     from minipost.world import build_world
 
     world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-    base, _, _ = common.load_model(args.base or args.init, device)
+    base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
     common.frozen(base)
     model.eval()
     base_result = evaluate.evaluate_reference(base, args.base or args.init, tok, world, device=device, dtype=dtype,

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost.model import GPT, OFFICIAL, GPTConfig, GPTScalar, config_from_preset
+from minipost.download import DownloadError
+from minipost.model import (GPT, OFFICIAL, CausalSelfAttention, GPTConfig, GPTScalar, config_from_preset,
+                            is_pretrained_source)
 from minipost.tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -77,8 +79,11 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--device", default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto = bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with "
-                        "AMX/AVX512-BF16), else fp32")
+                   help="auto = bf16 autocast where the device computes bf16 natively (CUDA compute capability 8.0+, "
+                        "CPUs with AMX/AVX512-BF16), else fp32 (with TF32 matmuls on CUDA)")
+    p.add_argument("--fused-attn", action="store_true",
+                   help="attention with torch's fused scaled_dot_product_attention (flash / memory-efficient "
+                        "kernels on a GPU) instead of the hand-written path; same results up to rounding")
     p.add_argument("--seed", type=int, default=seed, help="random seed (data order, init, sampling)")
 
 
@@ -111,14 +116,28 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> tuple[torch.dtype, str]:
-    """(autocast dtype, reason). fp32 weights always; bf16 only as autocast for matmuls."""
+    """(autocast dtype, reason). fp32 weights always; bf16 only as autocast for matmuls.
+
+    On CUDA, "auto" means bf16 only where the GPU computes it natively (compute capability 8.0+: A100, RTX 30xx,
+    H100, ...). A T4 or V100 emulates bf16 (torch reports it "supported"), which is slower than fp32; there
+    we stay in fp32. fp32 matmuls on CUDA use TF32 tensor cores where the GPU has them (Ampere+): a 10-bit
+    mantissa inside the matmul, fp32 everywhere else -- the precision PyTorch calls "high".
+    """
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; no effect on older GPUs
+        major, minor = torch.cuda.get_device_capability(device)
+        native = major >= 8
+        if requested == "fp32":
+            return torch.float32, "fp32 as requested" + (" (TF32 matmuls)" if native else "")
+        if requested == "bf16":
+            slow = "" if native else f" (emulated on compute capability {major}.{minor}: slow)"
+            return torch.bfloat16, "bf16 autocast as requested" + slow
+        if native:
+            return torch.bfloat16, f"bf16 autocast: native on this GPU (compute capability {major}.{minor})"
+        return torch.float32, (f"fp32: compute capability {major}.{minor} has no native bf16 "
+                               f"(emulated bf16 is slower than fp32)")
     if requested == "fp32":
         return torch.float32, "fp32 as requested"
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        if requested == "bf16" or ok:
-            return torch.bfloat16, "bf16 autocast: CUDA device supports bf16" if ok else "bf16 as requested"
-        return torch.float32, "fp32: this GPU has no bf16"
     if device.type == "cpu":
         if requested == "bf16":
             return torch.bfloat16, "bf16 autocast as requested"
@@ -298,15 +317,20 @@ def plot_log(log_path, png_path, keys: list[str], title: str):
 # Models in and out of checkpoints
 
 
-def load_model(source: str, device="cpu", kind: str | None = None):
-    """(model, tokenizer, config) from a checkpoint directory, or official GPT-2 weights by name.
+def load_model(source: str, device="cpu", kind: str | None = None, fused_attn: bool | None = None):
+    """(model, tokenizer, config) from a checkpoint directory, or GPT-2 weights in Hugging Face's layout
+    (an official name, a save_pretrained directory, a .safetensors file: whatever GPT.from_pretrained reads).
 
     A checkpoint's config.json says whether it holds a language model ("lm") or a scalar model
     ("scalar": reward / value). `kind="scalar"` on an lm checkpoint builds a scalar model whose
     backbone is the lm's (how the reward model starts from SFT).
+    fused_attn: True / False picks the attention path (--fused-attn); None keeps the checkpoint's.
     """
-    if source in OFFICIAL and not ckpt.has_checkpoint(source):
-        model = GPT.from_pretrained(source)
+    if is_pretrained_source(source):  # official weights by name, a save_pretrained directory, a .safetensors file
+        try:
+            model = GPT.from_pretrained(source)
+        except (DownloadError, FileNotFoundError, ValueError) as e:  # offline, no safetensors, a foreign config
+            raise ckpt.CheckpointError(str(e)) from e
         config = {"stage": "pretrained", "kind": "lm", "model": model.config.to_dict(),
                   "tokenizer": {"vocab_size": model.config.vocab_size}, "init": source}
         tok = Tokenizer(model.config.vocab_size)
@@ -314,7 +338,7 @@ def load_model(source: str, device="cpu", kind: str | None = None):
             scalar = GPTScalar(model.config)
             scalar.gpt.load_state_dict(model.state_dict())
             model = scalar
-        return model.to(device), tok, config
+        return set_attention(model, fused_attn).to(device), tok, config
     if not ckpt.has_checkpoint(source):
         raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: "
                                    f"{', '.join(OFFICIAL)})")
@@ -334,7 +358,19 @@ def load_model(source: str, device="cpu", kind: str | None = None):
         model = GPTScalar(gcfg)
         ckpt.load_into(model.gpt, state, source)
     tok = Tokenizer(config.get("tokenizer", {}).get("vocab_size", gcfg.vocab_size))
-    return model.to(device), tok, config
+    return set_attention(model, fused_attn).to(device), tok, config
+
+
+def set_attention(model: torch.nn.Module, fused: bool | None) -> torch.nn.Module:
+    """Switch every attention layer of a GPT or GPTScalar to the fused (True) or hand-written (False) path;
+    None leaves it as it is. The config follows, so a saved checkpoint says which path trained it."""
+    if fused is not None:
+        for module in model.modules():
+            if isinstance(module, CausalSelfAttention):
+                module.fused = fused
+            if isinstance(module, GPT):
+                module.config.fused_attn = fused
+    return model
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:

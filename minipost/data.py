@@ -43,33 +43,45 @@ from typing import NamedTuple
 
 import torch
 
-from minipost.download import download_file
+from minipost.download import DownloadError, download_all, sha256_of
 from minipost.tokenizer import chat_prompt
 
 # -----------------------------------------------------------------------------
-# Named datasets: name -> the files to download (url, local file name, sha256).
-# No sha256 is pinned: we could not verify published checksums for these exact files, so download.py
-# records the sha256 of the first download beside the file (`NAME.sha256`) and re-checks it on every
-# later use ("trust on first use"). Pin a hash here to check the first download too.
+# Named datasets: name -> the files to download, each at a FIXED commit (a URL on a branch like `main`
+# can change under you; a commit cannot), with a checksum read from that commit's git tree:
+#   sha256    a Git LFS file: the pointer file that git stores holds the sha256 of the real bytes
+#   git_sha1  a plain git file: the blob hash `git ls-tree` shows (SHA-1 of "blob <size>\0" + the bytes)
+# Both were read from the repositories' history, not computed from a download (this code was written on a
+# machine without network). A download that does not match is refused. Whatever the pin, the sha256 of the
+# files a run trained on is recorded in its checkpoint (see data_fingerprint).
+
+_ALPACA_COMMIT = "761dc5bfbdeeffa89b8bff5d038781a4055f796a"  # tatsu-lab/stanford_alpaca, 2023-05-29
+_DOLLY_COMMIT = "2305eb7f2f4b3beb2379f34c6addf335b46c4b43"  # databrickslabs/dolly, 2023-04-13 (its last data edit)
+_HH_COMMIT = "354e5c3cb8960630860dd5774a6ac2a58313bf4d"  # anthropics/hh-rlhf, 2023-09-19
 
 DATASETS = {
     "alpaca": {  # 52k instructions written by text-davinci-003; a JSON array of {instruction, input, output}
         "kind": "sft",
-        "files": [("https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json",
-                   "alpaca_data.json", None)],
+        "files": [{"url": f"https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/{_ALPACA_COMMIT}/"
+                          "alpaca_data.json",
+                   "file": "alpaca_data.json", "git_sha1": "3779ddbc040543ab1834ef216c983d6fcc06cc9a"}],
     },
     "dolly": {  # 15k instructions written by Databricks employees; {instruction, context, response, category}
         "kind": "sft",
-        "files": [("https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/"
-                   "databricks-dolly-15k.jsonl", "databricks-dolly-15k.jsonl", None)],
+        "files": [{"url": f"https://raw.githubusercontent.com/databrickslabs/dolly/{_DOLLY_COMMIT}/"
+                          "data/databricks-dolly-15k.jsonl",
+                   "file": "databricks-dolly-15k.jsonl", "git_sha1": "9b0b912c478e7ccd61ce741ebb409ddf8c7c22e6"}],
     },
     "hh-rlhf": {  # Anthropic's helpful + harmless preferences; {chosen, rejected} whole transcripts
         "kind": "pairs",
         "files": [
-            ("https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/harmless-base/train.jsonl.gz",
-             "hh-rlhf-harmless-base-train.jsonl.gz", None),
-            ("https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/helpful-base/train.jsonl.gz",
-             "hh-rlhf-helpful-base-train.jsonl.gz", None),
+            {"url": f"https://raw.githubusercontent.com/anthropics/hh-rlhf/{_HH_COMMIT}/harmless-base/train.jsonl.gz",
+             "file": "hh-rlhf-harmless-base-train.jsonl.gz", "git_sha1": "df7c90b1bbd6093bda9c996e8aab9a46fa557dcf"},
+            # a Git LFS file: raw.githubusercontent.com would serve the pointer, the media host serves the bytes
+            {"url": f"https://media.githubusercontent.com/media/anthropics/hh-rlhf/{_HH_COMMIT}/"
+                    "helpful-base/train.jsonl.gz",
+             "file": "hh-rlhf-helpful-base-train.jsonl.gz",
+             "sha256": "518a5bf288456fc9f3b7c980c54116fba0c52f274d3f4d344675d83e4058f6f4"},  # 16,200,131 bytes
         ],
     },
 }
@@ -81,9 +93,28 @@ class DataError(ValueError):
 
 
 def dataset_files(name: str, cache_dir=DEFAULT_CACHE_DIR) -> list[Path]:
-    """Download (once) the files of a named dataset and return their local paths."""
-    return [download_file(url, Path(cache_dir) / fname, sha256=sha, desc=f"{name} {fname}")
-            for url, fname, sha in DATASETS[name]["files"]]
+    """Download (once) the files of a named dataset and return their local paths.
+
+    Offline, one DataError names every file still missing and where to put it (download_all).
+    """
+    files = [{**f, "dest": Path(cache_dir) / f["file"]} for f in DATASETS[name]["files"]]
+    try:
+        return download_all(files, desc=name)
+    except DownloadError as e:
+        raise DataError(f"{e}; or pass a file you have as --data PATH") from e
+
+
+def data_fingerprint(source: str, cache_dir=DEFAULT_CACHE_DIR) -> dict:
+    """What a checkpoint records about its data: {"source", "files": [{"path", "bytes", "sha256"}]}.
+
+    The toy world is code, not a file: it is identified by its name (and the world seed in the args).
+    Call after loading, when a named dataset's files are on disk.
+    """
+    if source.startswith("world"):
+        return {"source": source, "files": []}
+    paths = [Path(cache_dir) / f["file"] for f in DATASETS[source]["files"]] if source in DATASETS else [Path(source)]
+    return {"source": source,
+            "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in paths]}
 
 
 # -----------------------------------------------------------------------------
@@ -487,8 +518,11 @@ def load_pairs(source: str, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], di
 
 
 def _prompt_row(row: dict, where: str) -> str:
-    """The templated prompt of one row: {messages} (up to the last user turn), {prompt}, or an
-    Alpaca/Dolly row's instruction."""
+    """The templated prompt of one row: a preference pair's shared prompt (HH-RLHF transcripts or
+    {prompt, chosen, rejected}: the file the reward model trained on serves PPO too), {messages} (up to the
+    last user turn), {prompt}, or an Alpaca/Dolly row's instruction."""
+    if "chosen" in row and "rejected" in row:
+        return _pair_row(row, where)["prompt"]
     if "messages" in row:
         messages = _check_conversation(row["messages"], where)
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")  # later answers are ignored
@@ -506,8 +540,10 @@ def load_prompts(source: str, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], 
 
     source: "world" (the PPO prompts; each also carries its "kind"), "world-eval" (the held-out
     evaluation prompts), "hh-rlhf" (the prompts of its pairs), "alpaca"/"dolly" (their instructions),
-    or a PATH with {prompt} rows (raw instructions), {messages} rows, or Alpaca/Dolly rows.
+    or a PATH with {prompt} rows (raw instructions), {messages} rows, Alpaca/Dolly rows, or preference pairs
+    (HH-RLHF transcripts, {prompt, chosen, rejected}).
     Empty instructions are dropped (stats["dropped_empty"]), repeats too (stats["dropped_duplicate"]).
+    A source with no usable prompt left is a DataError (before any model is loaded, in every script).
     """
     if source in ("world", "world-eval"):
         world = _world()
@@ -520,11 +556,14 @@ def load_prompts(source: str, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], 
     else:
         records = _records_of(source, "prompts", cache_dir)
         prompts = [_prompt_row(row, where) for where, row in records]
-        n_read, n_empty = len(records), sum(p == chat_prompt("") for p in prompts)
-        prompts = [p for p in prompts if p != chat_prompt("")]
+        empty = "".join(chat_prompt("").split())  # the template around nothing (or only whitespace)
+        kept = [p for p in prompts if "".join(p.split()) != empty]
+        n_read, n_empty, prompts = len(records), len(prompts) - len(kept), kept
     unique = list(dict.fromkeys(prompts))  # keeps the first occurrence, in order
     stats = {"read": n_read, "prompts": len(unique), "dropped_empty": n_empty,
              "dropped_duplicate": len(prompts) - len(unique)}
+    if not unique:
+        raise DataError(f"no usable prompts in {source} ({n_read} rows read, {n_empty} with an empty instruction)")
     return [{"prompt": p} for p in unique], stats
 
 
@@ -539,6 +578,22 @@ def split_holdout(items: list, frac: float = 0.05, seed: int = 0) -> tuple[list,
     n_held = 0 if frac == 0 or n < 2 else min(n - 1, max(1, round(frac * n)))
     held = set(random.Random(seed).sample(range(n), n_held))
     return ([x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held])
+
+
+def unique_prompts(encoded: list) -> list[list[int]]:
+    """The distinct prompts (token ids, in first-seen order) of encoded examples (ids, n_prompt) or EncodedPairs:
+    the fixed held-out prompts that real-data runs answer side by side, or the prompts RM normalization samples."""
+    keys = (tuple(e.chosen[: e.n_prompt]) if isinstance(e, EncodedPair) else tuple(e[0][: e[1]]) for e in encoded)
+    return [list(k) for k in dict.fromkeys(keys)]
+
+
+def fixed_subset(items: list, n: int) -> list:
+    """At most n items spread evenly over the list (every k-th), the same ones on every call: a held-out
+    evaluation that costs the same however large the held-out split is, and compares like with like
+    from one evaluation to the next. n <= 0 means all items."""
+    if n <= 0 or len(items) <= n:
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(n)]
 
 
 # -----------------------------------------------------------------------------
@@ -566,6 +621,23 @@ def encode_prompt(tok, prompt: str, max_prompt_tokens: int) -> tuple[list[int], 
     if len(ids) > max_prompt_tokens:
         return ids[-max_prompt_tokens:], True
     return ids, False
+
+
+def encode_prompts(tok, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], dict]:
+    """Prompts for generation (RL rollouts, samples): ([ids], stats), each LEFT-truncated to
+    max_prompt_tokens like every other stage's prompts. stats counts "prompts" and "prompt_truncated".
+
+    The caller picks the budget so that prompt + the longest response fits the context
+    (block_size - max_new_tokens): a longer prompt would leave a sampled batch no room to answer.
+    """
+    if max_prompt_tokens < 1:
+        raise ValueError(f"max_prompt_tokens must be at least 1, got {max_prompt_tokens}")
+    out, n_truncated = [], 0
+    for p in prompts:
+        ids, truncated = encode_prompt(tok, p, max_prompt_tokens)
+        out.append(ids)
+        n_truncated += truncated
+    return out, {"prompts": len(out), "prompt_truncated": n_truncated}
 
 
 def encode_example(tok, prompt: str, response: str, block_size: int,

@@ -35,28 +35,30 @@ def log_rows(path):
 
 def test_pipeline_writes_every_stage_and_the_report(micro):
     d, out = micro
-    for stage in ("base", "sft", "rm", "ppo", "ppo-nokl", "dpo", "base-4x", "sft-4x"):
+    for stage in ("base", "sft", "rm", "ppo", "ppo-nokl", "dpo", "grpo", "base-4x", "sft-4x"):
         assert (d / stage / "model.safetensors").exists() and (d / stage / "config.json").exists(), stage
     report = (d / "report.md").read_text()
-    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+    for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7."):
         assert section in report
-    for png in ("win_rates.png", "frontier.png", "hacking.png", "curves.png"):
+    for png in ("win_rates.png", "frontier.png", "hacking.png", "curves.png", "pass_at_k.png"):
         assert (d / png).stat().st_size > 1000, png
     # numbers in the table are copied from eval.json
     sft = json.loads((d / "sft" / "eval.json").read_text())
     assert f"{100 * sft['format_rate']:.0f}%" in report
     # a second run reuses every finished stage
     again = run("pipeline.py", "--micro", "--checkpoints", d, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 8
+    assert again.returncode == 0 and again.stdout.count("reusing") == 9
 
 
-@pytest.mark.parametrize("stage, key", [("base", "loss"), ("sft", "loss"), ("rm", "loss"), ("dpo", "loss"), ("ppo", "rm_score")])
+@pytest.mark.parametrize("stage, key", [("base", "loss"), ("sft", "loss"), ("rm", "loss"), ("dpo", "loss"), ("ppo", "rm_score"),
+                                        ("grpo", "reward")])
 def test_every_stage_logs_finite_numbers(micro, stage, key):
     rows = log_rows(micro[0] / stage / "log.jsonl")
     assert rows and all(math.isfinite(r[key]) for r in rows)
 
 
-@pytest.mark.parametrize("stage, init, prefix", [("sft", "base", ""), ("rm", "sft", "gpt."), ("ppo", "sft", ""), ("dpo", "sft", "")])
+@pytest.mark.parametrize("stage, init, prefix", [("sft", "base", ""), ("rm", "sft", "gpt."), ("ppo", "sft", ""), ("dpo", "sft", ""),
+                                                  ("grpo", "sft", "")])
 def test_every_stage_changed_its_parameters(micro, stage, init, prefix):
     d = micro[0]
     after, _ = load_checkpoint(d / stage)
