@@ -420,7 +420,7 @@ def is_pretrained_source(source: str) -> bool:
         return (path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()
     try:
         return "model_type" in json.loads((path / "config.json").read_text())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False  # not JSON: the checkpoint loader says what is wrong with it
 
 
