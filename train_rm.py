@@ -82,7 +82,9 @@ def parse_args(argv=None):
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
                        margin: torch.Tensor | float = 0.0) -> torch.Tensor:
     """-log sigma(r_c - r_r - m), mean over pairs. r_chosen, r_rejected, margin: (B,)."""
+    # EXERCISE bradley_terry: -log sigma(r_c - r_r - m), mean over pairs
     return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+    # END EXERCISE bradley_terry
 
 
 def score_pairs(rm, pairs: list[data.EncodedPair], eos_id, device, dtype):

@@ -88,10 +88,12 @@ def sft_loss(logits: torch.Tensor, batch: dict, n_targets: int) -> torch.Tensor:
 
     logits (B, T, V) from input_ids (B, T); targets are input_ids shifted left; mask = response_mask shifted.
     """
+    # EXERCISE sft_loss: summed NLL of the response tokens, divided by the step's target count
     targets = batch["input_ids"][:, 1:]  # (B, T-1)
     mask = batch["response_mask"][:, 1:].float()  # (B, T-1): 1 where the target is a response token or EOS
     logp = common.token_logprobs(logits[:, :-1], targets)  # (B, T-1): log pi(y_t | x, y_<t)
     return -(logp * mask).sum() / n_targets
+    # END EXERCISE sft_loss
 
 
 def count_targets(batch: dict) -> int:
