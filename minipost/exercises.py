@@ -214,8 +214,10 @@ def _copy_of(root: Path, dest: Path) -> Path:
     """The code and tests of `root` (no git, checkpoints or exercise state) copied to dest."""
     import shutil
 
-    skip = {".git", ".exercises", "checkpoints", "bench", "docs", ".venv", "__pycache__", ".pytest_cache"}
+    skip = {".git", "checkpoints", "bench", "docs", ".venv", "__pycache__", ".pytest_cache"}
     shutil.copytree(root, dest, ignore=lambda d, names: [n for n in names if n in skip or n.endswith(".pyc")])
+    for ex in EXERCISES:  # exercises started in root: their references go back in the copy
+        reset(ex.name, dest)
     return dest
 
 
