@@ -61,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=common.unit_float, default=0.05,
                    help="fraction of demonstrations held out for the held-out loss")
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
+    p.add_argument("--loss-on", choices=["response", "all"], default="response",
+                   help="which targets the loss reads: response tokens (the method) or all = prompt too (an experiment; "
+                        "the held-out loss stays on responses)")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
@@ -176,6 +179,8 @@ def main(argv=None):
         groups = data.length_groups([len(train_seqs[i][0]) for i in picks], args.micro_batch_size)
         micro = [{k: v.to(device) for k, v in data.collate([train_seqs[picks[j]] for j in g], tok.eos_id).items()}
                  for g in groups]
+        if args.loss_on == "all":  # every real token becomes a target, the prompt's too (docs/exercises.md)
+            micro = [dict(b, response_mask=b["attention_mask"]) for b in micro]
         # ---- TRAINING STEP BEGIN
         n_targets = sum(count_targets(b) for b in micro)  # response tokens in the whole step
         optimizer.zero_grad(set_to_none=True)
