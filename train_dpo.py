@@ -1,5 +1,6 @@
 """
 Stage 4 — Direct Preference Optimization (DPO): preference training without a reward model or RL.
+Teaches: the RLHF objective's closed-form optimum turns preference learning into a classification loss on log-ratios.
 
 Rafailov et al. 2023 show that the KL-regularized RLHF objective max E[r] - beta * KL(pi || pi_ref) has a
 closed-form optimum pi*(y|x) ∝ pi_ref(y|x) exp(r(x, y) / beta). Solving for r gives an IMPLICIT reward

@@ -1,5 +1,6 @@
 """
 Stage 3 — RLHF with PPO: maximize the reward model's score while a KL penalty keeps the policy near SFT.
+Teaches: policy-gradient RL against a learned reward, held near SFT by a KL penalty, and what goes wrong without it.
 
 The objective (Ouyang et al. 2022, InstructGPT eq. 2, without the pre-training mix):
 

@@ -1,5 +1,6 @@
 """
 Stage 2 — the reward model: learn which of two responses people prefer.
+Teaches: a scalar reward learned from pairwise preferences (Bradley-Terry) turns "which is better" into a number.
 
 A GPT backbone, initialized from the SFT model as in InstructGPT, with a linear head that reads the final
 hidden state of the LAST REAL TOKEN of prompt + response (the EOS) and outputs one scalar r(x, y).

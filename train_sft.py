@@ -1,5 +1,6 @@
 """
 Stage 1 — supervised fine-tuning (SFT): teach the base model the answer format from demonstrations.
+Teaches: imitating demonstrations, with the loss on response tokens only, gives the model the answer format.
 
 Objective: maximum likelihood of the demonstrated response given the prompt, on RESPONSE tokens only
 (Ouyang et al. 2022, InstructGPT, section 3.5):

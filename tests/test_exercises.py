@@ -104,3 +104,14 @@ def test_command_line_cycle_start_check_fails_reset_check_passes(tmp_path):
     assert (root / "train_ppo.py").read_bytes() == before
     passed = cli("check", "kl_estimators")
     assert passed.returncode == 0 and "PASS: exercise kl_estimators" in passed.stdout
+
+
+def test_every_script_says_what_it_teaches_in_its_first_paragraph():
+    """--help prints the docstring's first paragraph: it ends with one 'Teaches: ...' sentence."""
+    import ast
+
+    scripts = sorted(ROOT.glob("train_*.py")) + [ROOT / "chat.py", ROOT / "pipeline.py"]
+    for script in scripts:
+        first = ast.get_docstring(ast.parse(script.read_text())).split("\n\n")[0]
+        teaches = [line for line in first.splitlines() if line.startswith("Teaches: ")]
+        assert len(teaches) == 1 and teaches[0].endswith(".") and teaches[0].count(". ") == 0, script.name
