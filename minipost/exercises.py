@@ -143,6 +143,21 @@ def _write_atomically(path: Path, text: str):
     os.replace(tmp, path)
 
 
+def _committed_regions(root: Path, ex: Exercise, name: str) -> list[str] | None:
+    """The region(s) of `name` in git's HEAD version of the file; None without git (a copy, an archive)."""
+    try:
+        out = subprocess.run(["git", "show", f"HEAD:./{ex.path}"], cwd=root, capture_output=True, text=True)
+    except OSError:
+        return None
+    if out.returncode != 0:
+        return None
+    lines = out.stdout.splitlines(keepends=True)
+    try:
+        return ["".join(lines[i + 1 : j]) for i, j in find_regions(lines, name, ex.path)]
+    except ExerciseError:  # markers not committed yet
+        return None
+
+
 def start(name: str, root: Path = ROOT) -> Path:
     """Blank every region of `name` in its file; save the reference. Refuses if already started."""
     ex = _exercise(name)
@@ -153,6 +168,10 @@ def start(name: str, root: Path = ROOT) -> Path:
     path = root / ex.path
     lines = path.read_text().splitlines(keepends=True)
     regions = find_regions(lines, name, ex.path)
+    committed = _committed_regions(root, ex, name)
+    if committed is not None and committed != ["".join(lines[i + 1 : j]) for i, j in regions]:
+        raise ExerciseError(f"the region of {name} in {ex.path} differs from the committed code (edited without "
+                            f"`start`?); `git diff {ex.path}` shows how; restore it before starting")
     references, out, prev = [], [], 0
     for i, j in regions:
         references.append("".join(lines[i + 1 : j]))

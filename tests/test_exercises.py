@@ -115,3 +115,18 @@ def test_every_script_says_what_it_teaches_in_its_first_paragraph():
         first = ast.get_docstring(ast.parse(script.read_text())).split("\n\n")[0]
         teaches = [line for line in first.splitlines() if line.startswith("Teaches: ")]
         assert len(teaches) == 1 and teaches[0].endswith(".") and teaches[0].count(". ") == 0, script.name
+
+
+def test_start_refuses_a_region_edited_without_start(tmp_path):
+    root = copy_of_sources(tmp_path)
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, check=True)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "sources")
+    path = root / "train_rm.py"
+    path.write_text(path.read_text().replace("r_chosen - r_rejected - margin", "r_chosen - r_rejected", 1))
+    with pytest.raises(ExerciseError, match="differs from the committed code"):
+        exercises.start("bradley_terry", root)  # it would save the edit as the "reference"
+    git("checkout", "train_rm.py")
+    exercises.start("bradley_terry", root)
+    assert exercises.reset("bradley_terry", root)
