@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from minipost import common
+from minipost import common, errors
 from minipost.checkpoint import CheckpointError
 from minipost.tokenizer import chat_prompt
 
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=common.positive_int, default=None, help="sample only among the k most likely tokens")
     p.add_argument("--top-p", type=common.top_p_float, default=None, help="nucleus sampling mass, in (0, 1]")
     p.add_argument("--max-new-tokens", type=common.positive_int, default=64, help="answer length limit")
-    p.add_argument("--device", default="", help="cpu | cuda | mps; empty = autodetect")
+    p.add_argument("--device", type=common.device_arg, default="", help="cpu | cuda | mps; empty = autodetect")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     return p.parse_args(argv)
 
@@ -44,7 +44,10 @@ def answer(model, tok, instruction, args, device, stream=None) -> str:
     ids = torch.tensor([tok.encode(chat_prompt(instruction))], device=device)
     budget = min(args.max_new_tokens, model.config.block_size - ids.size(1))
     if budget <= 0:
-        return f"[the instruction has {ids.size(1)} tokens; the context holds {model.config.block_size}]"
+        text = f"[the instruction has {ids.size(1)} tokens; the context holds {model.config.block_size}]"
+        if stream is not None:
+            stream.write(text + "\n")
+        return text
     new_tokens, shown = [], ""
 
     def on_token(next_ids):
@@ -69,19 +72,31 @@ def answer(model, tok, instruction, args, device, stream=None) -> str:
     return text
 
 
+def stdin_lines():
+    """The lines of standard input, decoded as UTF-8 one by one (a bad byte names its line)."""
+    if sys.stdin is None:
+        raise errors.UserError("standard input is closed; pass the instruction with --prompt TEXT")
+    for n, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise errors.UserError(f"standard input line {n} is not UTF-8 text (byte 0x{raw[e.start]:02x} "
+                                   f"at column {e.start + 1})") from e
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     names = [c for c in args.compare.split(",") if c] or [args.model]
     try:
-        models = {name: common.load_model(name, device)[:2] for name in names}
+        models = {name: common.load_model(name, device, kind="lm")[:2] for name in names}
     except (CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}")
     for model, _ in models.values():
         common.frozen(model)
 
     if args.compare:
-        prompts = args.prompt or [line.strip() for line in sys.stdin if line.strip()]
+        prompts = args.prompt or [line.strip() for line in stdin_lines() if line.strip()]
         for instruction in prompts:
             print(f"### {instruction}")
             for name, (model, tok) in models.items():
@@ -89,10 +104,10 @@ def main(argv=None):
         return
 
     model, tok = models[names[0]]
-    interactive = sys.stdin.isatty() and not args.prompt
+    interactive = sys.stdin is not None and sys.stdin.isatty() and not args.prompt
     if interactive:
         print(f"chatting with {names[0]} (empty line or Ctrl-D to quit)")
-    lines = iter(args.prompt) if args.prompt else sys.stdin
+    lines = iter(args.prompt) if args.prompt else stdin_lines()
     while True:
         if interactive:
             sys.stdout.write("you> ")
@@ -101,6 +116,8 @@ def main(argv=None):
             line = next(lines) if not interactive else input()
         except (StopIteration, EOFError):
             break
+        except UnicodeDecodeError as e:
+            raise errors.UserError(f"the terminal sent bytes that are not UTF-8 text ({e.reason})") from e
         if not line.strip():
             if interactive:
                 break
@@ -110,4 +127,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

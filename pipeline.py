@@ -3,7 +3,9 @@ The whole post-training pipeline on the embedded default, in one command, then t
 Teaches: how the stages feed each other (base -> SFT -> RM -> PPO, SFT -> DPO) and what each adds, in one report.
 
     python pipeline.py                 # base -> SFT -> RM -> PPO (+ a run without KL penalty) -> DPO (+ a second beta)
-                                       # -> a 4x larger base with SFT only -> checkpoints/report.md
+                                       # -> GRPO (mixed rewards, + pass@k) -> a 4x larger base with SFT only
+                                       # -> checkpoints/report.md
+    python pipeline.py --grpo-ablations  # also GRPO with the verifier alone and with the gold judge
     python pipeline.py --redo ppo,dpo  # rerun some stages (finished stages are reused otherwise)
     python pipeline.py --redo all
     python pipeline.py --micro         # seconds-long stages, for tests and a first look
@@ -14,15 +16,19 @@ stages wrote.
 """
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from minipost import errors
 from minipost.checkpoint import has_checkpoint
 
+HERE = Path(__file__).resolve().parent  # the stage scripts live beside this file, wherever it is run from
+
 # (name, script, arguments, output directory). Later stages read the earlier ones' checkpoints.
-def stages(ck: str, micro: bool):
+def stages(ck: str, micro: bool, grpo_ablations: bool = False):
     c = lambda s: f"{ck}/{s}"
     if micro:  # tiny settings: the whole pipeline in about a minute (tests)
         lim = ["--eval-limit", "12"]
@@ -31,12 +37,19 @@ def stages(ck: str, micro: bool):
         rm = ["--steps", "10", "--eval-every", "5", "--norm-samples", "16", "--policy-pairs", "16"] + lim
         ppo = ["--iterations", "2", "--batch-size", "8", "--minibatch-size", "4", "--max-new-tokens", "8"] + lim
         dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5", "--policy-pairs", "16"] + lim
+        grpo = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--minibatch-size", "8",
+                "--max-new-tokens", "8", "--passk-samples", "4", "--passk-prompts", "8"] + lim
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
     else:
         # (the whole run fits in 15 minutes on 2 CPU cores: one sweep beta, a short run without KL penalty,
         # and a larger base that gets less compute than the small one -- see the report)
-        base, sft, rm, ppo, dpo = [], [], [], [], ["--beta-sweep", "0.1"]
+        # GRPO's pass@k: 64 samples for each of 64 held-out fact / skill prompts, per model
+        base, sft, rm, ppo, dpo, grpo = [], [], [], [], ["--beta-sweep", "0.1"], ["--passk-prompts", "64"]
         big = ["--steps", "100"]
+    # GRPO also measures pass@k of SFT, base, PPO and DPO (stored in their directories), hence after them
+    grpo_stage = ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--passk-also", f"{c('ppo')},{c('dpo')}"]
+    ablations = [(f"grpo-{r}", "train_grpo.py", grpo_stage + ["--reward", r] + grpo, c(f"grpo-{r}"))
+                 for r in ("verifier", "judge")] if grpo_ablations else []
     return [
         ("base", "train_base.py", base, c("base")),
         ("sft", "train_sft.py", ["--init", c("base")] + sft, c("sft")),
@@ -46,10 +59,20 @@ def stages(ck: str, micro: bool):
         ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--kl-coef", "0"]
          + (ppo or ["--iterations", "12"]), c("ppo-nokl")),
         ("dpo", "train_dpo.py", ["--init", c("sft"), "--base", c("base")] + dpo, c("dpo")),
+        ("grpo", "train_grpo.py", grpo_stage + grpo, c("grpo")),
+        *ablations,
         ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),
         # compared with the SMALL base, like the aligned small models (InstructGPT's figure 1)
         ("sft-4x", "train_sft.py", ["--init", c("base-4x"), "--base", c("base")] + sft, c("sft-4x")),
     ]
+
+
+def unfinished_step(out) -> int | None:
+    """The step of the mid-run checkpoint in `out` (a stage killed after a periodic save), or None."""
+    try:
+        return json.loads((Path(out) / "config.json").read_text())["metrics"].get("unfinished_at_step")
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
 
 
 def main(argv=None):
@@ -59,8 +82,11 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated stages to run (others are skipped, even if missing)")
     p.add_argument("--micro", action="store_true", help="tiny settings: seconds per stage (tests)")
     p.add_argument("--device", default="", help="passed to every stage")
+    p.add_argument("--grpo-ablations", action="store_true",
+                   help="also run GRPO with the verifier alone (grpo-verifier) and with the gold judge (grpo-judge)")
     args = p.parse_args(argv)
-    plan = stages(args.checkpoints, args.micro)
+    named = f"{args.only},{args.redo}".split(",")  # naming an ablation stage asks for it too
+    plan = stages(args.checkpoints, args.micro, args.grpo_ablations or any(s.startswith("grpo-") for s in named))
     names = [s[0] for s in plan]
     redo = set(names) if args.redo == "all" else {s for s in args.redo.split(",") if s}
     only = {s for s in args.only.split(",") if s}
@@ -71,13 +97,16 @@ def main(argv=None):
     for i, (name, script, stage_args, out) in enumerate(plan, 1):
         if only and name not in only:
             continue
-        if has_checkpoint(out) and name not in redo and (Path(out) / "log.jsonl").exists():
+        unfinished = unfinished_step(out)
+        if has_checkpoint(out) and name not in redo and unfinished is None and (Path(out) / "log.jsonl").exists():
             print(f"[{i}/{len(plan)}] {name}: reusing {out} (pass --redo {name} to run it again)", flush=True)
             continue
-        cmd = [sys.executable, script, "--out", out, "--overwrite"] + stage_args
+        # a stage killed after a periodic checkpoint continues from it (exactly: --resume), unless redone
+        keep = "--resume" if unfinished is not None and name not in redo else "--overwrite"
+        cmd = [sys.executable, str(HERE / script), "--out", out, keep] + stage_args
         if args.device:
             cmd += ["--device", args.device]
-        print(f"[{i}/{len(plan)}] {name}: {' '.join(cmd[1:])}", flush=True)
+        print(f"[{i}/{len(plan)}] {name}: {' '.join([script] + cmd[2:])}", flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd)
         if proc.returncode != 0:
@@ -91,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

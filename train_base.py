@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common
-from minipost.model import GPT, OFFICIAL, config_from_preset
+from minipost import common, errors
+from minipost.model import GPT, OFFICIAL, PRESETS, config_from_preset
 from minipost.tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -44,9 +44,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="",
-                   help=f"empty = train the preset from scratch; or {' | '.join(OFFICIAL)} = official weights, no "
-                        f"training")
-    p.add_argument("--preset", default="tiny", help="model shape to train from scratch (minipost/model.py PRESETS)")
+                   help=f"empty = train the preset from scratch; or GPT-2 weights, no training: {' | '.join(OFFICIAL)} "
+                        f"(downloaded), a directory written by Hugging Face's save_pretrained, or a .safetensors file")
+    p.add_argument("--preset", default="tiny", choices=list(PRESETS),
+                   help="model shape to train from scratch (minipost/model.py PRESETS)")
     p.add_argument("--n-docs", type=common.positive_int, default=60000, help="documents in the toy-world corpus")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the toy world (facts split, corpus, demos)")
     p.add_argument("--steps", type=common.positive_int, default=800, help="optimizer steps")
@@ -60,15 +61,17 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=common.unit_float, default=0.0, help="dropout during pre-training")
     p.add_argument("--log-every", type=common.positive_int, default=25, help="print a log line every N steps")
     p.add_argument("--eval-every", type=common.positive_int, default=250, help="held-out loss every N steps")
-    p.add_argument("--save-every", type=common.positive_int, default=250,
-                   help="write a resumable checkpoint every N steps")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
-    p.add_argument("--stop-at", type=int, default=-1,
-                   help="stop after this many steps as if interrupted (tests --resume); -1 = never")
-    common.add_common_args(p, out_dir="checkpoints/base")
-    return p.parse_args(argv)
+    common.add_common_args(p, out_dir="checkpoints/base", save_every=250)
+    args = p.parse_args(argv)
+    if args.block_size != -1 and args.block_size < MIN_BLOCK:
+        p.error(f"--block-size {args.block_size}: must be at least {MIN_BLOCK} tokens (or -1 = the preset's)")
+    return args
+
+
+MIN_BLOCK = 64  # the evaluation's chat prompts take up to 31 tokens, and the answer needs room
 
 
 # -----------------------------------------------------------------------------
@@ -115,21 +118,26 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     dtype, why = common.pick_dtype(device, args.dtype)
-    try:
-        ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-    except ckpt.CheckpointError as e:
-        raise SystemExit(f"error: {e}")
-    common.seed_everything(args.seed)
-
-    if args.init:  # the official GPT-2 as the base: import and save, nothing to train
-        model, tok, _ = common.load_model(args.init, device)
+    if args.init:  # GPT-2 weights as the base: import and save, nothing to train
+        try:
+            # the weights first: a failed import leaves no --out behind
+            model, tok, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+            ckpt.prepare_output_dir(args.out, resume=False, overwrite=args.overwrite)
+        except ckpt.CheckpointError as e:
+            raise SystemExit(f"error: {e}")
         common.print_config("train_base (import)", args, {"device": device, "params": model.num_params()})
         common.save_stage(args.out, model, stage="base", kind="lm", tokenizer=tok, args=args,
                           metrics={}, extra={"init": args.init})
         print(f"wrote {args.out} ({args.init}, {model.num_params() / 1e6:.1f}M parameters)")
         return
 
-    config = config_from_preset(args.preset, dropout=args.dropout)
+    try:
+        ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    except ckpt.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    common.seed_everything(args.seed)
+
+    config = config_from_preset(args.preset, dropout=args.dropout, fused_attn=args.fused_attn)
     if args.block_size > 0:
         config.block_size = args.block_size
     args.block_size = config.block_size
@@ -153,25 +161,19 @@ def main(argv=None):
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
     data_rng = torch.Generator().manual_seed(args.seed)
-    start = 0
-    if args.resume:
-        start = common.resume(args.out, model, optimizer, data_rng)
 
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
-
-    def save(step, metrics):
+    def save(metrics, train_state):
         common.save_stage(args.out, model, stage="base", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, data_rng),
-                          extra={"world_seed": args.world_seed})
+                          train_state=train_state, extra={"world_seed": args.world_seed})
 
-    # --stop-at (a test hook): end early as if interrupted; --resume continues
-    interrupted = start < args.stop_at <= args.steps
-    end = args.stop_at if interrupted else args.steps
+    saver = common.Checkpointer(args, args.steps, model, save, optimizer=optimizer, data_rng=data_rng)
+    start = saver.start()
+    log = saver.logger(args.steps)
 
     # ---- the training loop
     model.train()
     t_last, tokens_since = time.time(), 0
-    for step in range(start, end):
+    for step in range(start, args.steps):
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
         x, y = get_batch(train_stream, args.batch_size, args.block_size, data_rng)
@@ -198,17 +200,11 @@ def main(argv=None):
             metrics["tok/s"] = tokens_since / dt
             log.log(step, **metrics)
             t_last, tokens_since = time.time(), 0
-        if (step + 1) % args.save_every == 0 and not last:
-            save(step + 1, {})
-
-    if interrupted:
-        save(end, {})
-        print(f"stopped at step {end} (--stop-at); continue with --resume")
-        return
+        saver.step_done(step + 1)
 
     val = held_out_loss(model, val_stream, args, device, dtype)
     metrics = {"val_loss": val, "steps": args.steps}
-    save(args.steps, metrics)
+    saver.save(args.steps, metrics)
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/loss.png", ["loss", "val_loss"],
                     "pre-training (train_base.py)")
     print(f"held-out loss {val:.4f}; wrote {args.out}")
@@ -228,4 +224,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, evaluate
+from minipost import common, data, errors, evaluate
 
 # -----------------------------------------------------------------------------
 # Config
@@ -73,6 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=common.positive_int, default=60,
                    help="optimizer steps (about one pass over the pairs: longer runs overfit them and drift from SFT)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
+    p.add_argument("--micro-batch-size", type=common.nonneg_int, default=0,
+                   help="pairs per forward/backward pass (gradients accumulate to --batch-size; memory grows with "
+                        "it: 2 sequences a pair); 0 = the whole batch at once")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per sequence; -1 = the model's context")
     p.add_argument("--lr", type=common.positive_float, default=2e-5, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=10, help="linear warmup steps")
@@ -81,13 +84,19 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=common.unit_float, default=0.05,
                    help="held-out fraction for datasets without a held-out split")
     p.add_argument("--eval-every", type=common.positive_int, default=50, help="held-out pair accuracy every N steps")
+    p.add_argument("--eval-pairs", type=common.nonneg_int, default=256,
+                   help="held-out pairs scored every --eval-every steps (a fixed subset, so the periodic check "
+                        "stays cheap on a large held-out split); the final accuracy uses them all; 0 = all")
+    p.add_argument("--samples", type=common.nonneg_int, default=8,
+                   help="real data: held-out prompts answered by SFT and DPO side by side at the end (printed and "
+                        "written to samples.jsonl)")
     p.add_argument("--beta-sweep", default="",
                    help="comma-separated betas: short runs recording gold score and KL to SFT (sweep.json)")
     p.add_argument("--sweep-steps", type=common.positive_int, default=60, help="steps of each sweep run")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
-    common.add_common_args(p, out_dir="checkpoints/dpo")
+    common.add_common_args(p, out_dir="checkpoints/dpo", save_every=200)
     args = p.parse_args(argv)
     evaluate.check_policy_pair_args(p, args)
     if not 0 <= args.label_smoothing < 0.5:
@@ -176,16 +185,17 @@ def reference_logps(ref, pairs, eos_id, device, dtype, batch_size=64) -> torch.T
 
 
 @torch.no_grad()
-def heldout_accuracy(policy, pairs: "PairSet", eos_id, device, dtype) -> float:
-    """Share of held-out pairs whose implicit reward prefers the chosen response (h > 0)."""
+def heldout_accuracy(policy, val: list[data.EncodedPair], val_ref_logps: torch.Tensor, eos_id, device, dtype) -> float:
+    """Share of held-out pairs whose implicit reward prefers the chosen response (h > 0).
+    val_ref_logps (N, 2): the reference's log-probs of each pair's (chosen, rejected)."""
     policy.eval()
 
     def margins(start, chunk):
         pol_c, pol_r = pair_logps(policy, chunk, eos_id, device, dtype)
-        ref_lp = pairs.val_ref_logps[start : start + len(chunk)].to(device)  # (b, 2)
+        ref_lp = val_ref_logps[start : start + len(chunk)].to(device)  # (b, 2)
         return dpo_logits(pol_c, pol_r, ref_lp[:, 0], ref_lp[:, 1])
 
-    return common.pair_accuracy(margins, pairs.val)
+    return common.pair_accuracy(margins, val)
 
 
 # -----------------------------------------------------------------------------
@@ -199,34 +209,49 @@ class PairSet:
     train_ref_logps: torch.Tensor | None  # None with --ref-logps online
     val: list[data.EncodedPair]
     val_ref_logps: torch.Tensor
+    check: list[int]  # the held-out pairs (indices into val) scored during training: data.fixed_subset
 
 
-def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, device, dtype, log=None) -> dict:
+def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, device, dtype, save=None):
+    """DPO steps on `policy`; returns (the last step's metrics, the run's Checkpointer). The main run saves
+    (save(metrics, train_state)) every --save-every steps, logs and resumes; the sweep's runs (save=None) don't."""
     optimizer = common.make_optimizer(policy, args.lr, weight_decay=0.0)
     data_rng = torch.Generator().manual_seed(args.seed)
+    saver = common.Checkpointer(args, steps, policy, save, optimizer=optimizer, data_rng=data_rng)
+    start = saver.start()
+    log = saver.logger(steps)
+    micro = args.micro_batch_size or args.batch_size
     policy.train()  # dropout is off (load_model), so train mode changes nothing in the forward pass
-    for step in range(steps):
+    for step in range(start, steps):
         t0 = time.time()
         lr = common.lr_at(step, steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
         picks = torch.randint(0, len(pairs.train), (args.batch_size,), generator=data_rng)
-        batch = [pairs.train[i] for i in picks.tolist()]
         # ---- TRAINING STEP BEGIN
-        pol_c, pol_r = pair_logps(policy, batch, tok.eos_id, device, dtype)  # (B,), (B,)
-        if pairs.train_ref_logps is not None:
-            ref_c, ref_r = pairs.train_ref_logps[picks, 0].to(device), pairs.train_ref_logps[picks, 1].to(device)
-        else:
-            with torch.no_grad():
-                ref_c, ref_r = pair_logps(ref, batch, tok.eos_id, device, dtype)
-        h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (B,)
-        loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
-        if args.rpo_alpha > 0:
-            n_chosen = torch.tensor([len(p.chosen) - p.n_prompt for p in batch], dtype=torch.float32,
-                                    device=pol_c.device)  # (B,) response tokens incl. EOS
-            loss = loss + args.rpo_alpha * chosen_nll(pol_c, n_chosen).mean()
-        common.check_finite(loss, step)
+        # Micro-batches: each chunk's mean loss is weighted by its share of the batch, so the accumulated
+        # gradient is exactly that of the batch's mean loss, and memory holds one chunk's graph at a time.
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, logps = 0.0, []
+        for chunk_picks in picks.split(micro):
+            batch = [pairs.train[i] for i in chunk_picks.tolist()]
+            pol_c, pol_r = pair_logps(policy, batch, tok.eos_id, device, dtype)  # (b,), (b,)
+            if pairs.train_ref_logps is not None:
+                ref_c, ref_r = (pairs.train_ref_logps[chunk_picks, k].to(device) for k in (0, 1))
+            else:
+                with torch.no_grad():
+                    ref_c, ref_r = pair_logps(ref, batch, tok.eos_id, device, dtype)
+            h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (b,)
+            chunk_loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
+            if args.rpo_alpha > 0:
+                n_chosen = torch.tensor([len(p.chosen) - p.n_prompt for p in batch], dtype=torch.float32,
+                                        device=pol_c.device)  # (b,) response tokens incl. EOS
+                chunk_loss = chunk_loss + args.rpo_alpha * chosen_nll(pol_c, n_chosen).mean()
+            chunk_loss = chunk_loss * (len(batch) / len(picks))
+            common.check_finite(chunk_loss, step)
+            chunk_loss.backward()
+            loss += chunk_loss.detach()
+            logps.append(torch.stack([pol_c, pol_r, ref_c, ref_r]).detach())  # (4, b)
+        pol_c, pol_r, ref_c, ref_r = torch.cat(logps, dim=1)  # (B,) each, for the metrics below
         max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
         optimizer.step()
@@ -244,12 +269,15 @@ def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, de
             "grad_norm": grad_norm.item(), "ms": (time.time() - t0) * 1000,
         }
         if pairs.val and ((step + 1) % args.eval_every == 0 or step == steps - 1):
-            metrics["val_accuracy"] = heldout_accuracy(policy, pairs, tok.eos_id, device, dtype)
+            check = [pairs.val[i] for i in pairs.check]
+            metrics["val_accuracy"] = heldout_accuracy(policy, check, pairs.val_ref_logps[pairs.check], tok.eos_id,
+                                                       device, dtype)
             policy.train()
         if log is not None:
             log.log(step, **metrics)
+        saver.step_done(step + 1)
     policy.eval()
-    return metrics
+    return metrics, saver
 
 
 @torch.no_grad()
@@ -281,34 +309,50 @@ def main(argv=None):
     device = common.pick_device(args.device)
     dtype, why = common.pick_dtype(device, args.dtype)
     try:
-        if args.resume:
-            raise SystemExit("error: train_dpo.py does not resume (a run takes about a minute); rerun with --overwrite")
-        ckpt.prepare_output_dir(args.out, resume=False, overwrite=args.overwrite)
-        policy, tok, init_config = common.load_model(args.init, device)
-        ref, _, _ = common.load_model(args.init, device)
+        ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+        policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.frozen(ref)  # the reference never changes: eval mode, no grads, not in the optimizer
     common.seed_everything(args.seed)
-    block_size = policy.config.block_size if args.block_size <= 0 else min(args.block_size, policy.config.block_size)
+    block_size, _ = common.stage_context(args.block_size, policy.config.block_size)
     common.print_config("train_dpo", args, {"device": device, "dtype": why, "block_size": block_size})
 
     # ---- data: the reward model's preference pairs. DPO assumes the pairs come from (near) the reference
     # policy, and the policy pairs are samples of the reference itself.
-    train_enc, val_enc, _ = evaluate.load_preference_pairs(args, tok, block_size, sampler=lambda: ref,
-                                                           sampler_dir=args.init, device=device, dtype=dtype)
+    train_enc, val_enc, data_stats = evaluate.load_preference_pairs(args, tok, block_size, sampler=lambda: ref,
+                                                                    sampler_dir=args.init, device=device, dtype=dtype)
+    data_fingerprint = data.data_fingerprint(args.data)  # the sha256 of the files trained on, for the checkpoint
     t0 = time.time()
     precompute = args.ref_logps == "precompute"
     pairs = PairSet(train=train_enc, val=val_enc,
                     train_ref_logps=reference_logps(ref, train_enc, tok.eos_id, device, dtype) if precompute else None,
-                    val_ref_logps=reference_logps(ref, val_enc, tok.eos_id, device, dtype))
+                    val_ref_logps=reference_logps(ref, val_enc, tok.eos_id, device, dtype),
+                    check=data.fixed_subset(list(range(len(val_enc))), args.eval_pairs))
     print(f"reference log-probs computed in {time.time() - t0:.1f}s")
 
     # ---- train
     check_step0(policy, ref, pairs, tok, args, device, dtype)
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps)
-    last = train(policy, ref, pairs, tok, args, beta=args.beta, steps=args.steps, device=device, dtype=dtype, log=log)
+
+    def save(metrics, train_state):
+        common.save_stage(args.out, policy, stage="dpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
+                          train_state=train_state,
+                          extra={"init": args.init, "world_seed": init_config.get("world_seed", 0),
+                                 "data_stats": data_stats, "data": data_fingerprint})
+
+    last, saver = train(policy, ref, pairs, tok, args, beta=args.beta, steps=args.steps, device=device, dtype=dtype,
+                        save=save)
     metrics = {"val_accuracy": last.get("val_accuracy"), "steps": args.steps, "beta": args.beta, "loss": args.loss}
+    if len(pairs.check) < len(val_enc):  # the periodic check saw a subset: the final number uses every pair
+        metrics["val_accuracy"] = heldout_accuracy(policy, val_enc, pairs.val_ref_logps, tok.eos_id, device, dtype)
+    metrics["heldout_pairs"] = len(val_enc)
+    if not args.skip_eval and args.data != "world" and args.samples and val_enc:
+        # real data has no judge: SFT and DPO side by side on fixed held-out prompts
+        held = data.fixed_subset(data.unique_prompts(val_enc), args.samples)
+        rows = evaluate.side_by_side({"sft": ref, "dpo": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS,
+                                     device=device, dtype=dtype)
+        evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: SFT vs DPO (greedy)")
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png",
                     ["loss", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected", "val_accuracy"],
                     "DPO (train_dpo.py)")
@@ -320,8 +364,7 @@ def main(argv=None):
             policy, tok, world_seed=init_config.get("world_seed", 0), sft=ref, sft_dir=args.init, base_dir=args.base,
             device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit, title="DPO")
         metrics.update(result["metrics"])
-    common.save_stage(args.out, policy, stage="dpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                      extra={"init": args.init, "world_seed": init_config.get("world_seed", 0)})
+    saver.save(args.steps, metrics)
     if result is not None:
         evaluate.write_eval(args.out, result)
     print(f"wrote {args.out}")
@@ -330,9 +373,9 @@ def main(argv=None):
     if args.sweep and result is not None:
         rows = []
         for beta in args.sweep:
-            sweep_policy, _, _ = common.load_model(args.init, device)
-            last = train(sweep_policy, ref, pairs, tok, args, beta=beta, steps=args.sweep_steps, device=device,
-                         dtype=dtype)
+            sweep_policy, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+            last, _ = train(sweep_policy, ref, pairs, tok, args, beta=beta, steps=args.sweep_steps, device=device,
+                            dtype=dtype)
             m = evaluate.evaluate_model(sweep_policy, tok, world, device=device, dtype=dtype, refs={"sft": ref},
                                         ref_results=ref_results, seed=args.seed, limit=args.eval_limit)["metrics"]
             rows.append({"beta": beta, "gold_score": m["gold_score"], "gold_score_sampled": m["gold_score_sampled"],
@@ -346,4 +389,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data
+from minipost import common, data, errors
 
 # -----------------------------------------------------------------------------
 # Config
@@ -66,12 +66,17 @@ def parse_args(argv=None):
     p.add_argument("--rm", default="checkpoints/rm",
                    help="reward model checkpoint (frozen); the value model starts from it")
     p.add_argument("--base", default="checkpoints/base", help="base checkpoint for win_rate_vs_base (empty = skip)")
-    p.add_argument("--prompts", default="world", help="world | hh-rlhf | PATH (.jsonl with a prompt field)")
+    p.add_argument("--prompts", default="world",
+                   help="world | hh-rlhf | alpaca | dolly | PATH (.json / .jsonl / .jsonl.gz: {prompt}, {messages}, "
+                        "Alpaca/Dolly rows, or preference pairs such as the HH-RLHF file the reward model trained on)")
     p.add_argument("--iterations", type=common.positive_int, default=25, help="rollout + optimization rounds")
     p.add_argument("--batch-size", type=common.positive_int, default=64, help="prompts (rollouts) per iteration")
     p.add_argument("--minibatch-size", type=common.positive_int, default=16, help="rollouts per PPO gradient step")
     p.add_argument("--ppo-epochs", type=common.positive_int, default=4, help="passes over each rollout batch")
     p.add_argument("--max-new-tokens", type=common.positive_int, default=32, help="response length limit")
+    p.add_argument("--max-prompt-tokens", type=int, default=-1,
+                   help="prompts longer than this are LEFT-truncated (their last turns kept), like every stage's; "
+                        "-1 = the context minus --max-new-tokens, so every rollout has room for a full answer")
     p.add_argument("--lr", type=common.positive_float, default=1e-5,
                    help="policy learning rate (constant after warmup)")
     p.add_argument("--value-lr", type=common.positive_float, default=1e-4, help="value model learning rate")
@@ -100,7 +105,10 @@ def parse_args(argv=None):
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
-    common.add_common_args(p, out_dir="checkpoints/ppo")
+    p.add_argument("--samples", type=common.nonneg_int, default=8,
+                   help="real data: prompts held out of training and answered by SFT and PPO side by side at the "
+                        "end (printed, with their reward, and written to samples.jsonl)")
+    common.add_common_args(p, out_dir="checkpoints/ppo", save_every=50)
     args = p.parse_args(argv)
     if args.batch_size % args.minibatch_size:
         p.error(f"--minibatch-size {args.minibatch_size} must divide --batch-size {args.batch_size}")
@@ -239,9 +247,9 @@ def response_texts(new_ids: torch.Tensor, resp_mask: torch.Tensor, tok) -> list[
 
 
 @torch.no_grad()
-def rollout(policy, ref, rm, value_model, tok, prompts, args, beta, sample_rng, device, dtype, perm):
-    """Sample responses and compute everything PPO needs, in the minibatch order `perm` (docs/pitfalls.md, 7)."""
-    enc = [tok.encode(p) for p in prompts]
+def rollout(policy, ref, rm, value_model, tok, prompts, enc, args, beta, sample_rng, device, dtype, perm):
+    """Sample responses and compute everything PPO needs, in the minibatch order `perm` (docs/pitfalls.md, 7).
+    prompts: the templated texts (for the judge); enc: their token ids, truncated to leave room for an answer."""
     batch = data.collate([(e, len(e)) for e in enc], tok.eos_id, side="left")
     prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     T0 = prompt_ids.size(1)
@@ -317,12 +325,24 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     dtype, why = common.pick_dtype(device, args.dtype)
+    # ---- prompts first: a bad or empty prompt set is reported before any model loads
+    try:
+        rows, stats = data.load_prompts(args.prompts)
+        data_fingerprint = data.data_fingerprint(args.prompts)  # the sha256 of the files, for the checkpoint
+    except (data.DataError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    prompts = [r["prompt"] for r in rows]  # templated text for the model (and the judge strips the template)
+    judge = None
+    if args.prompts == "world":
+        from minipost.world import judge, strip_template
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-        policy, tok, init_config = common.load_model(args.init, device)
-        ref, _, _ = common.load_model(args.init, device)
-        rm, _, _ = common.load_model(args.rm, device, kind="scalar")
-        value_model, _, _ = common.load_model(args.rm, device, kind="scalar")
+        policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        rm, _, rm_config = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
+        if args.reward == "rm" and rm_config.get("kind") != "scalar":  # a language model: a random reward head
+            raise ckpt.CheckpointError(f"--rm {args.rm} holds a language model, not a reward model (train_rm.py)")
+        value_model, _, _ = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.frozen(ref)
@@ -330,56 +350,48 @@ def main(argv=None):
     common.seed_everything(args.seed)
     common.print_config("train_ppo", args, {"device": device, "dtype": why})
 
-    # ---- prompts: raw instructions for the judge (toy world), templated text for the model
-    try:
-        rows, stats = data.load_prompts(args.prompts)
-    except (data.DataError, OSError) as e:
-        raise SystemExit(f"error: {e}")
-    prompts = [r["prompt"] for r in rows]
-    judge = None
-    if args.prompts == "world":
-        from minipost.world import judge, strip_template
-    print(f"prompts: {len(prompts)} ({stats})")
+    # ---- prompts, left-truncated like every stage's, so that a full answer always fits the context
+    room = args.max_new_tokens
+    budget = policy.config.block_size - room if args.max_prompt_tokens < 0 else args.max_prompt_tokens
+    if not 1 <= budget <= policy.config.block_size - room:
+        raise SystemExit(f"error: prompts of up to {budget} tokens and --max-new-tokens {room} do not fit the "
+                         f"context of {policy.config.block_size} tokens; lower --max-new-tokens or --max-prompt-tokens")
+    enc, enc_stats = data.encode_prompts(tok, prompts, budget)
+    print(f"prompts: {len(prompts)} ({stats}); {enc_stats['prompt_truncated']} left-truncated to {budget} tokens "
+          f"(context {policy.config.block_size} - max-new-tokens {room})")
+    # real data has no judge: a few prompts stay out of training, for side-by-side samples at the end
+    held = set(range(len(prompts))[:: max(1, len(prompts) // args.samples)][: args.samples]) \
+        if args.prompts != "world" and args.samples and len(prompts) > args.samples else set()
+    sample_prompts = [enc[i] for i in sorted(held)]
+    prompts, enc = [p for i, p in enumerate(prompts) if i not in held], [e for i, e in enumerate(enc) if i not in held]
 
     opt_pi = common.make_optimizer(policy, args.lr, weight_decay=0.0)
     opt_v = common.make_optimizer(value_model, args.value_lr, weight_decay=0.0)
     kl_ctl = AdaptiveKL(args.kl_coef, args.target_kl, args.kl_horizon)
     data_rng = torch.Generator(device="cpu").manual_seed(args.seed)  # prompts and minibatch order
     sample_rng = torch.Generator(device=device).manual_seed(args.seed)  # the responses
-    start = 0
-    if args.resume:
-        sd, _ = ckpt.load_checkpoint(args.out)
-        ckpt.load_into(policy, sd, args.out)
-        state = ckpt.load_train_state(args.out)
-        vsd = {k.removeprefix("value."): v for k, v in state["value_model"].items()}
-        value_model.load_state_dict(vsd)
-        opt_pi.load_state_dict(state["opt_pi"])
-        opt_v.load_state_dict(state["opt_v"])
-        data_rng.set_state(state["data_rng"])
-        sample_rng.set_state(state["sample_rng"])
-        kl_ctl.beta = state["beta"]
-        common.set_rng_state(state["rng"])
-        start = state["iteration"]
-        print(f"resumed {args.out} at iteration {start}")
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.iterations, append=args.resume)
 
-    def save(iteration, metrics):
+    def save(metrics, train_state):
         common.save_stage(args.out, policy, stage="ppo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state={"opt_pi": opt_pi.state_dict(), "opt_v": opt_v.state_dict(),
-                                       "iteration": iteration, "value_model": value_model.state_dict(),
-                                       "data_rng": data_rng.get_state(), "sample_rng": sample_rng.get_state(),
-                                       "beta": kl_ctl.beta, "rng": common.rng_state()},
-                          extra={"init": args.init, "rm": args.rm, "world_seed": init_config.get("world_seed", 0)})
+                          train_state=train_state,
+                          extra={"init": args.init, "rm": args.rm, "world_seed": init_config.get("world_seed", 0),
+                                 "data": data_fingerprint})
 
-    grad_step = 0
+    saver = common.Checkpointer(args, args.iterations, policy, save, opt_pi=opt_pi, opt_v=opt_v,
+                                value_model=value_model, data_rng=data_rng, sample_rng=sample_rng, kl_ctl=kl_ctl)
+    start = saver.start()
+    log = saver.logger(args.iterations)
+
+    steps_per_iteration = args.ppo_epochs * len(range(0, args.batch_size, args.minibatch_size))  # gradient steps
+    grad_step = start * steps_per_iteration  # a resumed run continues the learning-rate warmup where it was
     for it in range(start, args.iterations):
         t0 = time.time()
         picks = torch.randint(0, len(prompts), (args.batch_size,), generator=data_rng).tolist()
         batch_prompts = [prompts[i] for i in picks]
         perm = torch.randperm(args.batch_size, generator=data_rng).to(device)
         policy.eval()
-        rollouts = rollout(policy, ref, rm, value_model, tok, batch_prompts, args, kl_ctl.beta, sample_rng, device,
-                           dtype, perm)
+        rollouts = rollout(policy, ref, rm, value_model, tok, batch_prompts, [enc[i] for i in picks], args,
+                           kl_ctl.beta, sample_rng, device, dtype, perm)
         t_roll = time.time() - t0
         mask, T0 = rollouts["mask"], rollouts["T0"]
 
@@ -451,10 +463,22 @@ def main(argv=None):
         metrics["rollout_s"] = t_roll
         metrics["iter_s"] = time.time() - t0
         log.log(it, **metrics)
+        saver.step_done(it + 1)
 
     policy.eval()
     final = {"iterations": args.iterations, "beta": kl_ctl.beta}
-    save(args.iterations, final)
+    if sample_prompts and not args.skip_eval:  # real data: SFT and PPO side by side, each answer with its reward
+        from minipost import evaluate
+
+        rows = evaluate.side_by_side({"sft": ref, "ppo": policy}, tok, sample_prompts,
+                                     max_new_tokens=args.max_new_tokens, device=device, dtype=dtype, rm=rm)
+        for name in ("sft", "ppo"):
+            final[f"heldout_reward_{name}"] = sum(r[f"{name}_reward"] for r in rows) / len(rows)
+        evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: SFT vs PPO (greedy), "
+                                                    f"with the reward model's scores")
+        print(f"mean reward on the held-out prompts: SFT {final['heldout_reward_sft']:+.3f}, "
+              f"PPO {final['heldout_reward_ppo']:+.3f}")
+    saver.save(args.iterations, final)
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png",
                     ["rm_score", "gold_score", "kl", "entropy", "clipfrac", "length"], "PPO (train_ppo.py)")
     print(f"wrote {args.out}")
@@ -467,11 +491,8 @@ def main(argv=None):
             policy, tok, world_seed=init_config.get("world_seed", 0), sft=ref, sft_dir=args.init, base_dir=args.base,
             device=device, dtype=dtype, seed=args.seed, limit=args.eval_limit, title="PPO")
         evaluate.write_eval(args.out, result)
-        common.save_stage(args.out, policy, stage="ppo", kind="lm", tokenizer=tok, args=args,
-                          metrics={**final, **result["metrics"]},
-                          train_state=ckpt.load_train_state(args.out),
-                          extra={"init": args.init, "rm": args.rm, "world_seed": init_config.get("world_seed", 0)})
+        saver.save(args.iterations, {**final, **result["metrics"]})  # the same weights, with their evaluation
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, evaluate
+from minipost import common, data, errors, evaluate
 
 # -----------------------------------------------------------------------------
 # Config
@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=common.positive_int, default=100,
                    help="optimizer steps (held-out accuracy plateaus by ~50)")
     p.add_argument("--batch-size", type=common.positive_int, default=32, help="preference pairs per step")
+    p.add_argument("--micro-batch-size", type=common.nonneg_int, default=0,
+                   help="pairs per forward/backward pass (gradients accumulate to --batch-size; memory grows with "
+                        "it: 2 sequences a pair); 0 = the whole batch at once")
     p.add_argument("--block-size", type=int, default=-1, help="max tokens per sequence; -1 = the model's context")
     p.add_argument("--lr", type=common.positive_float, default=1e-4, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=10, help="linear warmup steps")
@@ -62,15 +65,22 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=common.unit_float, default=0.05,
                    help="held-out fraction for datasets without a held-out split")
     p.add_argument("--eval-every", type=common.positive_int, default=50, help="held-out pair accuracy every N steps")
+    p.add_argument("--eval-pairs", type=common.nonneg_int, default=256,
+                   help="held-out pairs scored every --eval-every steps (a fixed subset, so the periodic check "
+                        "stays cheap on a large held-out split); the final accuracy uses them all; 0 = all")
     p.add_argument("--norm-samples", type=common.positive_int, default=256,
-                   help="SFT samples that set the reward normalization")
+                   help="SFT samples that set the reward normalization (on the toy world's RL prompts, or on the "
+                        "prompts of --data's training pairs, left-truncated to leave room for the answer)")
+    p.add_argument("--samples", type=common.nonneg_int, default=8,
+                   help="real data: held-out prompts whose policy samples are printed with their reward and "
+                        "written to samples.jsonl")
     p.add_argument("--agreement-rounds", type=common.positive_int, default=2,
                    help="pairs of SFT samples per held-out prompt for judge agreement")
     p.add_argument("--skip-eval", action="store_true",
                    help="skip normalization samples and judge agreement (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="judge agreement on this many held-out prompts; 0 = all")
-    common.add_common_args(p, out_dir="checkpoints/rm")
+    common.add_common_args(p, out_dir="checkpoints/rm", save_every=200)
     args = p.parse_args(argv)
     evaluate.check_policy_pair_args(p, args)
     return args
@@ -112,22 +122,6 @@ def heldout_accuracy(rm, pairs, eos_id, device, dtype) -> float:
     return accuracy
 
 
-@torch.no_grad()
-def raw_rewards(rm, tok, prompts: list[str], responses: list[list[int]], ended: list[bool], device,
-                dtype) -> torch.Tensor:
-    """Rewards (B,) of responses (token lists without EOS) to templated prompts."""
-    seqs = []
-    for p, toks, eos in zip(prompts, responses, ended):
-        ids = tok.encode(p)
-        seqs.append((ids + toks + ([tok.eos_id] if eos else []), len(ids)))
-    out = []
-    for i in range(0, len(seqs), 64):
-        batch = {k: v.to(device) for k, v in data.collate(seqs[i : i + 64], tok.eos_id).items()}
-        with common.autocast(device, dtype):
-            out.append(rm.score(batch["input_ids"], batch["attention_mask"]).float())
-    return torch.cat(out)
-
-
 # -----------------------------------------------------------------------------
 
 
@@ -138,32 +132,36 @@ def main(argv=None):
     common.seed_everything(args.seed)  # before the model: its scalar head starts from random weights
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-        rm, tok, init_config = common.load_model(args.init, device, kind="scalar")
+        rm, tok, init_config = common.load_model(args.init, device, kind="scalar", fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
-    block_size = rm.config.block_size if args.block_size <= 0 else min(args.block_size, rm.config.block_size)
+    block_size, _ = common.stage_context(args.block_size, rm.config.block_size)
     common.print_config("train_rm", args, {"device": device, "dtype": why, "block_size": block_size})
 
     # ---- data: preference pairs, and judge-labelled pairs of the policy's own samples
     def sampler():
-        return common.frozen(common.load_model(args.policy or args.init, device)[0])
+        return common.frozen(common.load_model(args.policy or args.init, device, fused_attn=args.fused_attn)[0])
 
     train_enc, val_enc, data_stats = evaluate.load_preference_pairs(args, tok, block_size, sampler=sampler,
                                                                     sampler_dir=args.policy or args.init,
                                                                     device=device, dtype=dtype)
+    data_fingerprint = data.data_fingerprint(args.data)  # the sha256 of the files trained on, for the checkpoint
+
+    val_check = data.fixed_subset(val_enc, args.eval_pairs)  # the periodic check: the same pairs every time
+    micro = args.micro_batch_size or args.batch_size
 
     optimizer = common.make_optimizer(rm, args.lr, args.weight_decay)
     data_rng = torch.Generator().manual_seed(args.seed)
-    start = 0
-    if args.resume:
-        start = common.resume(args.out, rm, optimizer, data_rng)
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
 
-    def save(step, metrics):
+    def save(metrics, train_state):
         common.save_stage(args.out, rm, stage="rm", kind="scalar", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, data_rng),
+                          train_state=train_state,
                           extra={"init": args.init, "world_seed": init_config.get("world_seed", 0),
-                                 "data_stats": data_stats})
+                                 "data_stats": data_stats, "data": data_fingerprint})
+
+    saver = common.Checkpointer(args, args.steps, rm, save, optimizer=optimizer, data_rng=data_rng)
+    start = saver.start()
+    log = saver.logger(args.steps)
 
     # ---- the training loop
     rm.train()
@@ -173,12 +171,19 @@ def main(argv=None):
         common.set_lr(optimizer, lr)
         picks = torch.randint(0, len(train_enc), (args.batch_size,), generator=data_rng).tolist()
         # ---- TRAINING STEP BEGIN
-        reward_chosen, reward_rejected, margin = score_pairs(rm, [train_enc[i] for i in picks], tok.eos_id,
-                                                             device, dtype)  # (B,) each
-        loss = bradley_terry_loss(reward_chosen, reward_rejected, margin)
-        common.check_finite(loss, step)
+        # Micro-batches: each chunk's mean loss is weighted by its share of the batch, so the accumulated
+        # gradient is exactly that of the batch's mean loss.
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        chunks, loss = [], 0.0
+        for i in range(0, len(picks), micro):
+            chunk = [train_enc[j] for j in picks[i : i + micro]]
+            r_c, r_r, m = score_pairs(rm, chunk, tok.eos_id, device, dtype)  # (b,) each
+            chunk_loss = bradley_terry_loss(r_c, r_r, m) * (len(chunk) / len(picks))
+            common.check_finite(chunk_loss, step)
+            chunk_loss.backward()
+            loss += chunk_loss.detach()
+            chunks.append((r_c.detach(), r_r.detach()))
+        reward_chosen, reward_rejected = (torch.cat(r) for r in zip(*chunks))  # (B,) each
         max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), max_norm)
         optimizer.step()
@@ -187,38 +192,50 @@ def main(argv=None):
                        margin=(reward_chosen - reward_rejected).mean().item(), lr=lr, grad_norm=grad_norm.item(),
                        ms=(time.time() - t0) * 1000)
         if val_enc and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
-            metrics["val_accuracy"] = heldout_accuracy(rm, val_enc, tok.eos_id, device, dtype)
+            metrics["val_accuracy"] = heldout_accuracy(rm, val_check, tok.eos_id, device, dtype)
         log.log(step, **metrics)
+        saver.step_done(step + 1)
 
     rm.eval()
-    metrics = {"pair_accuracy": heldout_accuracy(rm, val_enc, tok.eos_id, device, dtype) if val_enc else None}
+    metrics = {"pair_accuracy": heldout_accuracy(rm, val_enc, tok.eos_id, device, dtype) if val_enc else None,
+               "heldout_pairs": len(val_enc)}
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png", ["loss", "accuracy", "margin", "val_accuracy"],
                     "reward model (train_rm.py)")
 
     if not args.skip_eval:
         from minipost.tokenizer import chat_prompt
 
-        policy, _, _ = common.load_model(args.policy or args.init, device)
+        policy, _, _ = common.load_model(args.policy or args.init, device, fused_attn=args.fused_attn)
         common.frozen(policy)
         sample_rng = torch.Generator().manual_seed(args.seed + 1)
 
-        # ---- normalize: SFT samples on training prompts get reward mean 0, std 1
-        prompt_rows, _ = data.load_prompts(args.data if args.data in ("world", "hh-rlhf") else "world")
-        instr = [r["prompt"] for r in prompt_rows][: args.norm_samples]
-        # load_prompts returns templated prompts; generate_responses wants instructions -> strip the template
-        from minipost.world import strip_template
-
-        instr = [strip_template(x) for x in instr]
-        _, toks, ended = evaluate.generate_responses(policy, tok, instr, device=device, dtype=dtype, temperature=1.0,
-                                                     generator=sample_rng)
-        r = raw_rewards(rm, tok, [chat_prompt(x) for x in instr], toks, ended, device, dtype)
+        # ---- normalize: SFT samples on training prompts get reward mean 0, std 1. The prompts are those PPO
+        # will see: the toy world's RL prompts, or the prompts of the training pairs (already left-truncated
+        # by encode_pairs; cut again if needed so that an answer of MAX_NEW_TOKENS still fits the context).
+        room = max(1, block_size - evaluate.MAX_NEW_TOKENS)
+        if args.data == "world":
+            world_prompts = [r["prompt"] for r in data.load_prompts("world")[0]][: args.norm_samples]
+            norm_prompts, _ = data.encode_prompts(tok, world_prompts, room)
+        else:
+            norm_prompts = [ids[-room:] for ids in data.fixed_subset(data.unique_prompts(train_enc), args.norm_samples)]
+        _, toks, ended = evaluate.generate_from_ids(policy, tok, norm_prompts, device=device, dtype=dtype,
+                                                    temperature=1.0, generator=sample_rng)
+        r = evaluate.rewards_of(rm, tok, norm_prompts, toks, ended, device, dtype)
         shift = rm.reward_shift + r.mean() * rm.reward_scale  # undo the current normalization, then set the new one
         scale = rm.reward_scale * r.std().clamp(min=1e-6)
         rm.reward_shift.copy_(shift)
         rm.reward_scale.copy_(scale)
         metrics["norm_shift"], metrics["norm_scale"] = shift.item(), scale.item()
         print(f"reward normalization: shift {shift.item():.4f}, scale {scale.item():.4f} "
-              f"(from {len(instr)} SFT samples)")
+              f"(from {len(norm_prompts)} SFT samples)")
+
+        # ---- real data: the policy's answers to fixed held-out prompts, with their (normalized) reward
+        if args.data != "world" and args.samples and val_enc:
+            held = data.fixed_subset(data.unique_prompts(val_enc), args.samples)
+            rows = evaluate.side_by_side({"policy": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS,
+                                         device=device, dtype=dtype, rm=rm)
+            evaluate.write_side_by_side(args.out, rows, "the policy's answers to held-out prompts (greedy), "
+                                                        "with their reward")
 
         # ---- agreement with the gold judge on fresh pairs of SFT samples (toy world)
         if args.data == "world":
@@ -233,9 +250,9 @@ def main(argv=None):
                                                               temperature=1.0, generator=sample_rng)
             b_txt, b_tok, b_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype,
                                                               temperature=1.0, generator=sample_rng)
-            prompts_t = [chat_prompt(x) for x in eval_instr]
-            ra = raw_rewards(rm, tok, prompts_t, a_tok, a_end, device, dtype)
-            rb = raw_rewards(rm, tok, prompts_t, b_tok, b_end, device, dtype)
+            prompts_t = [tok.encode(chat_prompt(x)) for x in eval_instr]
+            ra = evaluate.rewards_of(rm, tok, prompts_t, a_tok, a_end, device, dtype)
+            rb = evaluate.rewards_of(rm, tok, prompts_t, b_tok, b_end, device, dtype)
             agree, counted, examples = 0, 0, []
             for i, x in enumerate(eval_instr):
                 ja, jb = judge(x, a_txt[i]).score, judge(x, b_txt[i]).score
@@ -250,13 +267,11 @@ def main(argv=None):
             for x, y, rwd, js in examples[:: max(1, len(examples) // 8)][:8]:
                 print(f"  r {rwd:+.2f} | gold {js:+.2f} | {x!r} -> {y[:90]!r}")
 
-    save(args.steps, metrics)
-    from minipost.checkpoint import atomic_write_json
-
-    atomic_write_json(f"{args.out}/eval.json", metrics)
+    saver.save(args.steps, metrics)
+    evaluate.write_eval(args.out, {"metrics": metrics})
     print(f"pair accuracy (held-out): {common.fmt_pct(metrics['pair_accuracy'])}; "
           f"judge agreement: {common.fmt_pct(metrics.get('judge_agreement'))}; wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -32,7 +32,7 @@ import time
 import torch
 
 from minipost import checkpoint as ckpt
-from minipost import common, data
+from minipost import common, data, errors
 
 # -----------------------------------------------------------------------------
 # Config
@@ -65,12 +65,16 @@ def parse_args(argv=None):
     p.add_argument("--loss-on", choices=["response", "all"], default="response",
                    help="which targets the loss reads: response tokens (the method) or all = prompt too (an experiment; "
                         "the held-out loss stays on responses)")
+    p.add_argument("--eval-examples", type=common.nonneg_int, default=256,
+                   help="held-out demonstrations scored every --eval-every steps (a fixed subset, so the periodic "
+                        "check stays cheap on a large held-out split); the final loss uses them all; 0 = all")
+    p.add_argument("--samples", type=common.nonneg_int, default=8,
+                   help="real data: held-out prompts answered by the initial and the SFT model side by side at the "
+                        "end (printed and written to samples.jsonl)")
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
-    p.add_argument("--stop-at", type=int, default=-1,
-                   help="stop after this many steps as if interrupted (tests --resume); -1 = never")
-    common.add_common_args(p, out_dir="checkpoints/sft")
+    common.add_common_args(p, out_dir="checkpoints/sft", save_every=200)
     args = p.parse_args(argv)
     if args.micro_batch_size == -1:
         args.micro_batch_size = args.batch_size
@@ -127,22 +131,24 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     dtype, why = common.pick_dtype(device, args.dtype)
+    # ---- data first: a missing or bad file is reported before any model loads
+    try:
+        examples, read_stats = data.load_sft(args.data)
+        data_fingerprint = data.data_fingerprint(args.data)  # the sha256 of the files trained on, for the checkpoint
+    except (data.DataError, OSError) as e:
+        raise SystemExit(f"error: {e}")
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
-        model, tok, init_config = common.load_model(args.init, device)  # the base model: our starting point
+        # the base model: our starting point
+        model, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.seed_everything(args.seed)
-    block_size = model.config.block_size if args.block_size <= 0 else min(args.block_size, model.config.block_size)
-    max_prompt = args.max_prompt_tokens if args.max_prompt_tokens > 0 else block_size // 2
+    block_size, max_prompt = common.stage_context(args.block_size, model.config.block_size, args.max_prompt_tokens)
     common.print_config("train_sft", args, {"device": device, "dtype": why, "block_size": block_size,
                                             "params": f"{model.num_params() / 1e6:.2f}M"})
 
     # ---- data: demonstrations -> token sequences (prompt ids + response ids + EOS)
-    try:
-        examples, read_stats = data.load_sft(args.data)
-    except (data.DataError, OSError) as e:
-        raise SystemExit(f"error: {e}")
     train_ex, val_ex = data.split_holdout(examples, args.holdout, seed=0)
     train_seqs, enc_stats = data.encode_examples(tok, train_ex, block_size, max_prompt_tokens=max_prompt)
     val_seqs, _ = data.encode_examples(tok, val_ex, block_size, max_prompt_tokens=max_prompt)
@@ -150,27 +156,24 @@ def main(argv=None):
           f"encoded {enc_stats}")
     if not train_seqs:
         raise SystemExit(f"error: no usable demonstrations in {args.data}")
+    val_check = data.fixed_subset(val_seqs, args.eval_examples)  # the periodic check: the same examples every time
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
     data_rng = torch.Generator().manual_seed(args.seed)
-    start = 0
-    if args.resume:
-        start = common.resume(args.out, model, optimizer, data_rng)
 
-    log = common.StepLogger(f"{args.out}/log.jsonl", args.steps, append=args.resume)
-
-    def save(step, metrics):
+    def save(metrics, train_state):
         common.save_stage(args.out, model, stage="sft", kind="lm", tokenizer=tok, args=args, metrics=metrics,
-                          train_state=common.train_state(optimizer, step, data_rng),
-                          extra={"init": args.init, "data_stats": {**read_stats, **enc_stats}})
+                          train_state=train_state,
+                          extra={"init": args.init, "data_stats": {**read_stats, **enc_stats},
+                                 "data": data_fingerprint})
 
-    # --stop-at (a test hook): end early as if interrupted; --resume continues
-    interrupted = start < args.stop_at <= args.steps
-    end = args.stop_at if interrupted else args.steps
+    saver = common.Checkpointer(args, args.steps, model, save, optimizer=optimizer, data_rng=data_rng)
+    start = saver.start()
+    log = saver.logger(args.steps)
 
     # ---- the training loop
     model.train()
-    for step in range(start, end):
+    for step in range(start, args.steps):
         t0 = time.time()
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
@@ -201,27 +204,32 @@ def main(argv=None):
         tokens = sum(int(b["attention_mask"].sum()) for b in micro)
         metrics = dict(loss=step_loss, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000, **{"tok/s": tokens / dt})
         if val_seqs and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
-            metrics["val_loss"] = held_out_loss(model, val_seqs, tok, device, dtype)
+            metrics["val_loss"] = held_out_loss(model, val_check, tok, device, dtype)
         log.log(step, **metrics)
-
-    if interrupted:
-        save(end, {})
-        print(f"stopped at step {end} (--stop-at); continue with --resume")
-        return
+        saver.step_done(step + 1)
 
     final = {"val_loss": held_out_loss(model, val_seqs, tok, device, dtype) if val_seqs else None, "steps": args.steps}
-    save(args.steps, final)
+    saver.save(args.steps, final)
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/loss.png", ["loss", "val_loss"], "SFT (train_sft.py)")
     print(f"wrote {args.out}")
 
     # ---- base and SFT answers side by side, and the judge's numbers for both
-    if args.skip_eval or args.data != "world":
+    if args.skip_eval:
         return
     from minipost import evaluate
+
+    if args.data != "world":  # real data has no judge: the two models' answers to fixed held-out prompts
+        if args.samples and val_seqs:
+            base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
+            held = data.fixed_subset(data.unique_prompts(val_seqs), args.samples)
+            rows = evaluate.side_by_side({"base": common.frozen(base), "sft": model.eval()}, tok, held,
+                                         max_new_tokens=evaluate.MAX_NEW_TOKENS, device=device, dtype=dtype)
+            evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: base vs SFT (greedy)")
+        return
     from minipost.world import build_world
 
     world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
-    base, _, _ = common.load_model(args.base or args.init, device)
+    base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
     common.frozen(base)
     model.eval()
     base_result = evaluate.evaluate_reference(base, args.base or args.init, tok, world, device=device, dtype=dtype,
@@ -246,4 +254,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

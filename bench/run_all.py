@@ -18,7 +18,8 @@ from pathlib import Path
 
 import benchlib
 
-SCRIPTS = ["matmul_peak.py", "train_throughput.py", "generate_throughput.py", "ppo_breakdown.py"]
+SCRIPTS = ["matmul_peak.py", "train_throughput.py", "generate_throughput.py", "ppo_breakdown.py", "trl_peer.py",
+           "compile_check.py"]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -97,6 +98,55 @@ def targets(train: dict | None, gen: dict | None) -> list[dict]:
     return out
 
 
+def trl_rows(quick: bool = False) -> tuple[list[dict], dict | None]:
+    """Rows of trl_peer.json and of any trl_peer_*.json beside it (a shape run on its own, e.g. --shapes gpt2
+    --out results/trl_peer_gpt2.json), and the first file's payload (machine, args)."""
+    files = sorted(f for f in benchlib.results_dir(quick).glob("trl_peer*.json") if f.name != "trl_peer_memory.json")
+    payloads = [json.loads(f.read_text()) for f in files]
+    rows = [{**r, "file": f.name, "threads": p["machine"]["torch_threads"]} for f, p in zip(files, payloads) for r in p["rows"]]
+    memory = load("trl_peer_memory", quick)  # peak memory measured on its own (trl_peer.py --memory-only)
+    for m in (memory or {}).get("rows", []):
+        for r in rows:
+            if (r["task"], r["shape"], r["dtype"]) == (m["task"], m["shape"], m["dtype"]) and r.get("peak_mib_minipost") is None:
+                r.update(peak_mib_minipost=m["peak_mib_minipost"], peak_mib_trl=m["peak_mib_trl"])
+    return rows, (payloads[0] if payloads else None)
+
+
+def trl_section(quick: bool = False) -> list[str]:
+    """Markdown: the TRL comparison (targets, table, first losses) and torch.compile's check."""
+    rows, first = trl_rows(quick)
+    parts = []
+    if rows:
+        checks = [{"target": f"{r['task'].upper()} step <= 1/1.5 of TRL's", "where": f"{r['shape']} B={r['batch']} {r['dtype']}",
+                   "measured": f"{r['speedup']:.2f}x", "met": check(r["speedup"] >= 1.5)} for r in rows]
+        loads = "; ".join(f"{p['machine']['load_avg_1m']:.1f} -> {p['machine'].get('load_avg_1m_end', float('nan')):.1f}"
+                          for p in [first])
+        parts += ["", f"## minipost vs TRL {first['machine'].get('trl')} (trl_peer.py)", "",
+                  "The same weights (checked: max |fp32 output difference|), batches, optimizer, schedule and dtype; "
+                  "ms per optimizer step = median of the timed steps, the two sides alternating step by step "
+                  f"(torch threads: {', '.join(sorted({str(r['threads']) for r in rows}))}; load average {loads}). "
+                  "speedup = TRL ms / minipost ms.", "",
+                  md_table(checks, [("target", "target", "s"), ("where", "where", "s"), ("measured", "measured", "s"), ("met", "met", "s")]),
+                  "", md_table(rows, [("task", "task", "s"), ("shape", "shape", "s"), ("batch", "B", "d"), ("dtype", "dtype", "s"),
+                                      ("ms_minipost", "minipost ms", ",.0f"), ("ms_trl", "TRL ms", ",.0f"), ("speedup", "speedup", ".2f"),
+                                      ("fp32_max_diff", "fp32 output diff", ".1e"), ("peak_mib_minipost", "minipost MiB", ",.0f"),
+                                      ("peak_mib_trl", "TRL MiB", ",.0f")]),
+                  "", "First steps' losses (same weights, same batches; the first steps are the untimed warm-up):", "",
+                  md_table([{"where": f"{r['task']} {r['shape']} {r['dtype']}",
+                             "minipost": ", ".join(f"{x:.5f}" for x in r["loss_minipost"][:4]),
+                             "trl": ", ".join(f"{x:.5f}" for x in r["loss_trl"][:4]), "diff": r["loss_max_diff"]} for r in rows],
+                           [("where", "task", "s"), ("minipost", "minipost", "s"), ("trl", "TRL", "s"), ("diff", "max diff (all steps)", ".1e")])]
+    comp = load("compile_check", quick)
+    if comp:
+        parts += ["", "## torch.compile (compile_check.py)", "",
+                  f"Inductor on {comp['machine']['device']}, {comp['machine']['torch_threads']} torch threads, cold cache; "
+                  "compile s = first compiled call minus one compiled step; break-even = compile s / ms saved per step.", "",
+                  md_table(comp["rows"], [("case", "case", "s"), ("dtype", "dtype", "s"), ("eager_ms", "eager ms", ",.1f"),
+                                          ("compiled_ms", "compiled ms", ",.1f"), ("speedup", "speedup", ".2f"),
+                                          ("compile_s", "compile s", ",.1f"), ("break_even_steps", "break-even steps", ",.0f")])]
+    return parts
+
+
 def summary(quick: bool = False) -> str:
     peak, train, gen, ppo = (load(n, quick) for n in ("matmul_peak", "train_throughput", "generate_throughput", "ppo_breakdown"))
     any_result = next((r for r in (peak, train, gen, ppo) if r), None)
@@ -150,6 +200,7 @@ def summary(quick: bool = False) -> str:
                   f"Random-init `{ppo['preset']}` models, train_ppo sizes {pa}; train_ppo.py's default dtype here: "
                   f"{ppo['train_ppo_dtype']}. Peak memory: {mem}.", "",
                   md_table([{**r, "phase": r["phase"].strip()} for r in ppo["rows"]], cols)]
+    parts += trl_section(quick)
     return "\n".join(parts) + "\n"
 
 

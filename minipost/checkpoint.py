@@ -16,8 +16,10 @@ that is not plain tensors/containers/numbers; we never fall back to the unsafe l
 
 The second enemy is a half-written checkpoint: a job killed during a save must not leave a file that
 loads as garbage, or a directory whose weights come from step 2000 and optimizer from step 1000.
-Every file is written to a temporary name, fsync'ed, then os.replace'd over the old one (a rename is
-atomic on POSIX: readers see the old file or the new one, never half of each).
+Every file is written to a temporary name, fsync'ed, then os.replace'd into place (a rename is atomic
+on POSIX: readers see the old file or the new one, never half of each). One rename per file is not
+enough for a directory of three files, so a save is a transaction with a commit record (see
+save_checkpoint): whenever the process dies, the directory loads as the old checkpoint or the new one.
 """
 
 import hashlib
@@ -48,6 +50,10 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+PENDING = ".new"  # a save's files before its commit (see save_checkpoint)
+# Results computed from a checkpoint's weights: a save that changes the weights removes them.
+DERIVED_FILES = ("eval.json", "samples.jsonl", "sweep.json")
 MAX_HEADER_BYTES = 100_000_000  # the official library's limit; a bigger "length" is a corrupt file
 
 
@@ -86,12 +92,22 @@ def _write_temp(path, write_fn):
 
 
 def _commit(tmp, path):
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     _fsync_dir(Path(path).parent)
 
 
 def atomic_write_bytes(path, data: bytes):
     _commit(_write_temp(path, lambda f: f.write(data)), path)
+    _written_here.add(Path(path).resolve())
+
+
+# Files this process wrote (eval.json, samples.jsonl...): results of the model it is training, which a stage
+# may write just before its final save. A save keeps these and removes the older ones (see _roll_forward).
+_written_here = set()
 
 
 def atomic_write_json(path, obj):
@@ -185,7 +201,7 @@ def read_safetensors(path):
                                   "left in the file (truncated or not a safetensors file)")
         try:
             header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise CheckpointError(f"{path}: header is not valid JSON ({e})") from e
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: header is a JSON {type(header).__name__}, not an object")
@@ -251,7 +267,8 @@ def read_safetensors(path):
 # Checkpoint directories
 
 def has_checkpoint(ckpt_dir) -> bool:
-    return (Path(ckpt_dir) / CONFIG_FILE).is_file()
+    """True if ckpt_dir holds a checkpoint (possibly a committed save still to roll forward)."""
+    return (Path(ckpt_dir) / CONFIG_FILE).is_file() or _pending(Path(ckpt_dir) / CONFIG_FILE).is_file()
 
 
 def _dedupe_ties(state_dict):
@@ -277,19 +294,28 @@ def _check_finite(tensors, where):
             raise CheckpointError(f"{where}: tensor {k!r} has {bad} non-finite (NaN/Inf) values")
 
 
+def _pending(path):
+    """Where a save writes the new version of `path` before the commit: `model.safetensors.new`."""
+    path = Path(path)
+    return path.with_name(path.name + PENDING)
+
+
 def save_checkpoint(out_dir, model, config, train_state=None):
-    """Save model weights, optional train state and config.json into the directory out_dir.
+    """Save model weights, optional train state and config.json into the directory out_dir, as a whole.
 
-    Order: every new file is first written completely under a temporary name (and fsync'ed), then
-    renamed into place: model.safetensors, train_state.pt, and config.json LAST. config.json records
-    the sha256 of the other files, so it is the "commit record" of the save.
-
-    Guarantee if the process dies (or an exception is raised) during the save:
-      - before the first rename: the previous checkpoint is untouched and loads as before;
-      - between renames: the old config.json's hashes no longer match the new weights/state, so
-        load_checkpoint / load_train_state raise CheckpointError ("... comes from another save").
-        The previous checkpoint is then lost, but never silently mixed with the new one.
-    A hard kill may leave hidden `.NAME.*.tmp` files behind; they are never read.
+    The save is a small transaction with a write-ahead record, so a checkpoint directory only ever
+    changes from one complete checkpoint to the next:
+      1. the new files are written completely (and fsync'ed) beside the old ones, as
+         model.safetensors.new and train_state.pt.new; the old checkpoint is untouched;
+      2. config.json.new appears in one atomic rename: it records the sha256 of the new files, and its
+         existence is the COMMIT -- from here on the new checkpoint is the one that loads;
+      3. roll forward: each .new file is renamed over its old version, config.json.new last.
+    A process killed in step 1 leaves the old checkpoint, plus .new files that the next run deletes
+    (recover(clean=True)). Killed in step 3, it leaves a mix of old and new files AND config.json.new,
+    and every loader first finishes the renames (recover) -- so the new checkpoint loads.
+    Files the previous weights produced (eval.json, samples.jsonl, ...) are removed in step 3: they
+    describe weights that no longer exist. A pending log.jsonl.new (the log of an --overwrite run
+    that has not saved yet, see live_log) is committed with the checkpoint.
     """
     out_dir = Path(out_dir)
     if "files" in config:
@@ -302,47 +328,178 @@ def save_checkpoint(out_dir, model, config, train_state=None):
     _check_finite(tensors, f"refusing to save {out_dir}")
     metadata = {"format": "pt", "ties": json.dumps(ties)}
     out_dir.mkdir(parents=True, exist_ok=True)
+    recover(out_dir)  # an earlier save that committed but was not rolled forward: finish it first
 
-    temps = {}  # final name -> temporary file holding its new content
+    files = {}  # name -> sha256 of its new content, written as name.new
     try:
-        temps[MODEL_FILE] = _write_temp(out_dir / MODEL_FILE,
-                                        lambda f: _write_safetensors_to(f, tensors, metadata))
+        _commit(_write_temp(out_dir / MODEL_FILE, lambda f: _write_safetensors_to(f, tensors, metadata)),
+                _pending(out_dir / MODEL_FILE))
+        files[MODEL_FILE] = _sha256_file(_pending(out_dir / MODEL_FILE))
         if train_state is not None:
-            temps[STATE_FILE] = _write_temp(out_dir / STATE_FILE, lambda f: torch.save(train_state, f))
+            state_new = _pending(out_dir / STATE_FILE)
+            _commit(_write_temp(out_dir / STATE_FILE, lambda f: torch.save(train_state, f)), state_new)
             # Find out now, not at --resume time hours later, if the state won't load safely
             # (e.g. a numpy RNG state or a custom object that weights_only refuses).
             try:
-                torch.load(temps[STATE_FILE], weights_only=True, map_location="cpu")
+                torch.load(state_new, weights_only=True, map_location="cpu")
             except Exception as e:
                 raise CheckpointError(f"train_state for {out_dir} cannot be loaded back with "
                                       f"weights_only=True ({e}); store only tensors, numbers, "
                                       "strings and dicts/lists of them") from e
-        files = {name: _sha256_file(tmp) for name, tmp in temps.items()}
+            files[STATE_FILE] = _sha256_file(state_new)
         text = json.dumps({**config, "files": files}, indent=2) + "\n"
-        temps[CONFIG_FILE] = _write_temp(out_dir / CONFIG_FILE, lambda f: f.write(text.encode()))
-        # The commit: weights, state, then the config that vouches for them. (dict order = this order)
-        for name in list(temps):
-            os.replace(temps[name], out_dir / name)
-            del temps[name]
-        _fsync_dir(out_dir)
-    finally:
-        for tmp in temps.values():  # only non-empty if something failed
-            tmp.unlink(missing_ok=True)
-    if train_state is None:
-        # A train_state.pt from an older save is not listed in the new config: remove it.
-        (out_dir / STATE_FILE).unlink(missing_ok=True)
+    except BaseException:
+        for name in (MODEL_FILE, STATE_FILE):  # not committed: the old checkpoint stays as it was
+            _pending(out_dir / name).unlink(missing_ok=True)
+        raise
+    # The commit point: one rename makes config.json.new (complete, fsync'ed) appear.
+    atomic_write_bytes(_pending(out_dir / CONFIG_FILE), text.encode("utf-8"))
+    _roll_forward(out_dir)
+    _record_save(out_dir, train_state.get("step") if isinstance(train_state, dict) else None)
+
+
+def _roll_forward(out_dir):
+    """Step 3 of a save: put every committed .new file in place, config.json.new last. Safe to repeat
+    (a file already renamed is simply not there any more), and safe if two processes do it at once."""
+    out_dir = Path(out_dir)
+    config_new = _pending(out_dir / CONFIG_FILE)
+    try:
+        listed = json.loads(config_new.read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return  # another process finished the renames
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{config_new}: unreadable commit record ({e})") from e
+    for name in (MODEL_FILE, STATE_FILE, LOG_FILE):
+        try:
+            os.replace(_pending(out_dir / name), out_dir / name)
+        except FileNotFoundError:
+            pass  # already in place (or not part of this save)
+    if STATE_FILE not in listed:
+        (out_dir / STATE_FILE).unlink(missing_ok=True)  # a train state from an older save: not this one's
+    try:  # config.json is still the old one here (it is renamed last)
+        old_weights = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))["files"][MODEL_FILE]
+    except (OSError, ValueError, KeyError, TypeError):
+        old_weights = None
+    if listed.get(MODEL_FILE) != old_weights:
+        for name in DERIVED_FILES:
+            if (out_dir / name).resolve() not in _written_here:
+                (out_dir / name).unlink(missing_ok=True)  # results of weights that are gone
+    try:
+        os.replace(config_new, out_dir / CONFIG_FILE)
+    except FileNotFoundError:
+        pass
+    _fsync_dir(out_dir)
+
+
+def recover(ckpt_dir, clean=False):
+    """Bring a checkpoint directory back to one complete checkpoint after a killed save.
+
+    A committed save (config.json.new exists) is rolled forward. With clean=True -- only at the start
+    of a training run, never while another process may be saving -- the leftovers of a save killed
+    before its commit are deleted too: .new files and hidden .NAME.*.tmp files."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return
+    if _pending(ckpt_dir / CONFIG_FILE).is_file():
+        _roll_forward(ckpt_dir)
+    if clean:
+        for path in ckpt_dir.iterdir():
+            stray_new = path.name in {n + PENDING for n in (MODEL_FILE, STATE_FILE, LOG_FILE)}
+            stray_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
+            if (stray_new or stray_tmp) and path.is_file():
+                path.unlink(missing_ok=True)
+
+
+def live_log(out_dir):
+    """The file a running stage appends its log lines to: log.jsonl, or log.jsonl.new while an
+    --overwrite run has not saved yet (the old checkpoint keeps its own log until then)."""
+    pending = _pending(Path(out_dir) / LOG_FILE)
+    return pending if pending.exists() else Path(out_dir) / LOG_FILE
+
+
+def start_log(out_dir, start_step: int) -> Path:
+    """Prepare log.jsonl for a run that starts at `start_step` and return the file to append to.
+
+    Resuming: rows the killed run logged after its last checkpoint are dropped (they are logged again),
+    so every step appears once. A fresh run over an existing checkpoint writes log.jsonl.new, which
+    its first save commits. A fresh run in an empty directory starts log.jsonl from scratch."""
+    out_dir = Path(out_dir)
+    log = out_dir / LOG_FILE
+    if start_step > 0:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.exists() else []
+        rows = [line + "\n" for line in lines if _logged_step(line) < start_step]
+        atomic_write_bytes(log, "".join(rows).encode("utf-8"))
+        return log
+    target = _pending(log) if has_checkpoint(out_dir) else log
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"")
+    return target
+
+
+def _logged_step(line: str) -> float:
+    """The step of one log.jsonl row; inf for a row to drop (blank, or torn by a kill in mid-write)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return math.inf
+    return step if isinstance(step, int) else math.inf
+
+
+# The last checkpoint this process saved, for the one-line message after Ctrl-C.
+_last_save = {}
+
+
+def _record_save(out_dir, step):
+    _last_save.clear()
+    _last_save.update(out_dir=str(out_dir), step=step)
+
+
+def last_save():
+    """{'out_dir', 'step'} of the last checkpoint this process saved, or {} if it saved none."""
+    return dict(_last_save)
+
+
+def weights_sha256(ckpt_dir) -> str | None:
+    """The sha256 that ckpt_dir/config.json records for the weights (what eval.json is checked against)."""
+    try:
+        return _read_config(ckpt_dir)["files"].get(MODEL_FILE)
+    except CheckpointError:
+        return None
+
+
+def results_stamp(ckpt_dir, *names) -> dict:
+    """What a results file (eval.json) stores to say which weights and files it belongs to: the sha256 of
+    the weights that ckpt_dir/config.json vouches for, and of each named file beside it."""
+    ckpt_dir = Path(ckpt_dir)
+    return {MODEL_FILE: weights_sha256(ckpt_dir), **{n: _sha256_file(ckpt_dir / n) for n in names}}
+
+
+def stamp_mismatch(ckpt_dir, stamp) -> str | None:
+    """None if `stamp` (from results_stamp) matches ckpt_dir now, else why not, in words."""
+    ckpt_dir = Path(ckpt_dir)
+    if not isinstance(stamp, dict) or MODEL_FILE not in stamp:
+        return "it records no weights hash (written by an older minipost)"
+    weights = weights_sha256(ckpt_dir)
+    if stamp[MODEL_FILE] != weights:
+        return (f"it was written for other weights (sha256 {str(stamp[MODEL_FILE])[:12]}..., "
+                f"the checkpoint holds {str(weights)[:12]}...)")
+    for name, sha in stamp.items():
+        if name != MODEL_FILE and (not (ckpt_dir / name).is_file() or _sha256_file(ckpt_dir / name) != sha):
+            return f"{name} is missing or was changed after it"
+    return None
 
 
 def _read_config(ckpt_dir):
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"no checkpoint at {ckpt_dir}")
+    recover(ckpt_dir)  # a save killed after its commit: finish it, the new checkpoint is the one to load
     path = ckpt_dir / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing (incomplete checkpoint?)")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(config, dict) or not isinstance(config.get("files"), dict):
         raise CheckpointError(f"{path} has no 'files' record of hashes (not a minipost checkpoint?)")
@@ -395,8 +552,11 @@ def load_train_state(ckpt_dir):
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
+        # torch's message is a page long; the line naming what was refused is the one that matters
+        lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        why = next((line for line in lines if "Unsupported" in line), lines[0])
         raise CheckpointError(f"{path}: cannot load train state with weights_only=True "
-                              f"(refusing to unpickle arbitrary objects): {e}") from e
+                              f"(refusing to unpickle arbitrary objects): {why.strip()}") from e
 
 
 def load_into(model, state_dict, path_for_errors):
@@ -417,16 +577,26 @@ def load_into(model, state_dict, path_for_errors):
 
 def prepare_output_dir(out_dir, resume: bool, overwrite: bool):
     """Decide what a training script may do with out_dir before any work starts. Returns the Path.
-    --overwrite deletes nothing here: the new save replaces the files when it happens."""
+    --overwrite deletes nothing here: the new save replaces the files when it happens. The directory
+    itself is created by the run's first log line or save."""
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise CheckpointError("pass only one of --resume and --overwrite")
     if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir} exists and is not a directory")
+        raise CheckpointError(f"--out {out_dir} exists and is not a directory")
+    for parent in out_dir.parents:  # mkdir would say "Not a directory" with a traceback
+        if parent.exists() and not parent.is_dir():
+            raise CheckpointError(f"--out {out_dir}: {parent} is a file, not a directory")
+    recover(out_dir, clean=True)  # finish or discard a save that a killed run left half done
+    _record_save(out_dir, None)  # for the message after Ctrl-C: nothing saved by this run yet
     if resume and not has_checkpoint(out_dir):
         raise CheckpointError(f"--resume: no checkpoint at {out_dir}")
     if has_checkpoint(out_dir) and not (resume or overwrite):
         raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
                               "or --overwrite to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Not created yet: a run that fails on its data must not leave an empty directory behind. But the
+    # first save must be able to create it, so check now that the nearest existing folder is writable.
+    existing = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"--out {out_dir}: {existing} is not writable")
     return out_dir

@@ -20,7 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost.model import GPT, OFFICIAL, GPTConfig, GPTScalar, config_from_preset
+from minipost.download import DownloadError
+from minipost.errors import UserError
+from minipost.model import (GPT, OFFICIAL, CausalSelfAttention, GPTConfig, GPTScalar, config_from_preset,
+                            is_pretrained_source)
 from minipost.tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -70,16 +73,52 @@ def nonneg_int(s: str) -> int:
     return v
 
 
-def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337):
-    """Flags every stage has: output, resume/overwrite, device, dtype, seed."""
+def device_arg(s: str) -> str:
+    """A device string torch understands (cpu, cuda, cuda:1, mps), or empty = autodetect."""
+    if s:
+        try:
+            torch.device(s)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"unknown device {s!r}; use cpu, cuda, cuda:N or mps") from None
+    return s
+
+
+MIN_CONTEXT = 16  # tokens: room for a (left-truncated) prompt and the start of an answer
+
+
+def stage_context(block_size: int, model_context: int, max_prompt_tokens: int = -1) -> tuple[int, int]:
+    """(tokens per example, prompt budget) of a post-training stage, checked against the model's context.
+    -1 = the model's context / half of it. Asking for more than the model holds is an error, not a silent cut."""
+    if block_size > model_context:
+        raise UserError(f"--block-size {block_size}: the model's context holds only {model_context} tokens")
+    if 0 < block_size < MIN_CONTEXT:
+        raise UserError(f"--block-size {block_size}: must be at least {MIN_CONTEXT} tokens "
+                        "(or -1 = the model's context)")
+    block = block_size if block_size > 0 else model_context
+    if max_prompt_tokens >= block:
+        raise UserError(f"--max-prompt-tokens {max_prompt_tokens}: must be below the {block}-token block "
+                        "(the answer needs room too)")
+    return block, max_prompt_tokens if max_prompt_tokens > 0 else block // 2
+
+
+def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337, save_every: int = 0):
+    """Flags every stage has: output, resume/overwrite, device, dtype, seed, periodic saves."""
     p.add_argument("--out", default=out_dir, help="checkpoint directory to write")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    p.add_argument("--device", default="", help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
+    p.add_argument("--device", type=device_arg, default="",
+                   help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto = bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with "
-                        "AMX/AVX512-BF16), else fp32")
+                   help="auto = bf16 autocast where the device computes bf16 natively (CUDA compute capability 8.0+, "
+                        "CPUs with AMX/AVX512-BF16), else fp32 (with TF32 matmuls on CUDA)")
+    p.add_argument("--fused-attn", action="store_true",
+                   help="attention with torch's fused scaled_dot_product_attention (flash / memory-efficient "
+                        "kernels on a GPU) instead of the hand-written path; same results up to rounding")
     p.add_argument("--seed", type=int, default=seed, help="random seed (data order, init, sampling)")
+    p.add_argument("--save-every", type=nonneg_int, default=save_every,
+                   help="write a resumable checkpoint every N steps; 0 = only at the end")
+    p.add_argument("--stop-at", type=int, default=-1,
+                   help="tests of --resume: end the process after this step as a kill would; -1 = never")
 
 
 # -----------------------------------------------------------------------------
@@ -111,14 +150,28 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def pick_dtype(device: torch.device, requested: str = "auto") -> tuple[torch.dtype, str]:
-    """(autocast dtype, reason). fp32 weights always; bf16 only as autocast for matmuls."""
+    """(autocast dtype, reason). fp32 weights always; bf16 only as autocast for matmuls.
+
+    On CUDA, "auto" means bf16 only where the GPU computes it natively (compute capability 8.0+: A100, RTX 30xx,
+    H100, ...). A T4 or V100 emulates bf16 (torch reports it "supported"), which is slower than fp32; there
+    we stay in fp32. fp32 matmuls on CUDA use TF32 tensor cores where the GPU has them (Ampere+): a 10-bit
+    mantissa inside the matmul, fp32 everywhere else -- the precision PyTorch calls "high".
+    """
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; no effect on older GPUs
+        major, minor = torch.cuda.get_device_capability(device)
+        native = major >= 8
+        if requested == "fp32":
+            return torch.float32, "fp32 as requested" + (" (TF32 matmuls)" if native else "")
+        if requested == "bf16":
+            slow = "" if native else f" (emulated on compute capability {major}.{minor}: slow)"
+            return torch.bfloat16, "bf16 autocast as requested" + slow
+        if native:
+            return torch.bfloat16, f"bf16 autocast: native on this GPU (compute capability {major}.{minor})"
+        return torch.float32, (f"fp32: compute capability {major}.{minor} has no native bf16 "
+                               f"(emulated bf16 is slower than fp32)")
     if requested == "fp32":
         return torch.float32, "fp32 as requested"
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        if requested == "bf16" or ok:
-            return torch.bfloat16, "bf16 autocast: CUDA device supports bf16" if ok else "bf16 as requested"
-        return torch.float32, "fp32: this GPU has no bf16"
     if device.type == "cpu":
         if requested == "bf16":
             return torch.bfloat16, "bf16 autocast as requested"
@@ -243,7 +296,9 @@ class StepLogger:
             parts.append(f"{k} {_fmt(k, v)}")
         parts.append(f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
         print(" | ".join(parts), flush=True)
-        with open(self.path, "a") as f:
+        # log.jsonl of a checkpoint directory: log.jsonl.new until an --overwrite run's first save (ckpt.live_log)
+        path = ckpt.live_log(self.path.parent) if self.path.name == ckpt.LOG_FILE else self.path
+        with open(path, "a") as f:
             f.write(json.dumps({"step": step, **{k: _plain(v) for k, v in metrics.items()}}) + "\n")
 
 
@@ -300,15 +355,20 @@ def plot_log(log_path, png_path, keys: list[str], title: str):
 # Models in and out of checkpoints
 
 
-def load_model(source: str, device="cpu", kind: str | None = None):
-    """(model, tokenizer, config) from a checkpoint directory, or official GPT-2 weights by name.
+def load_model(source: str, device="cpu", kind: str | None = None, fused_attn: bool | None = None):
+    """(model, tokenizer, config) from a checkpoint directory, or GPT-2 weights in Hugging Face's layout
+    (an official name, a save_pretrained directory, a .safetensors file: whatever GPT.from_pretrained reads).
 
     A checkpoint's config.json says whether it holds a language model ("lm") or a scalar model
     ("scalar": reward / value). `kind="scalar"` on an lm checkpoint builds a scalar model whose
     backbone is the lm's (how the reward model starts from SFT).
+    fused_attn: True / False picks the attention path (--fused-attn); None keeps the checkpoint's.
     """
-    if source in OFFICIAL and not ckpt.has_checkpoint(source):
-        model = GPT.from_pretrained(source)
+    if is_pretrained_source(source):  # official weights by name, a save_pretrained directory, a .safetensors file
+        try:
+            model = GPT.from_pretrained(source)
+        except (DownloadError, FileNotFoundError, ValueError) as e:  # offline, no safetensors, a foreign config
+            raise ckpt.CheckpointError(str(e)) from e
         config = {"stage": "pretrained", "kind": "lm", "model": model.config.to_dict(),
                   "tokenizer": {"vocab_size": model.config.vocab_size}, "init": source}
         tok = Tokenizer(model.config.vocab_size)
@@ -316,27 +376,46 @@ def load_model(source: str, device="cpu", kind: str | None = None):
             scalar = GPTScalar(model.config)
             scalar.gpt.load_state_dict(model.state_dict())
             model = scalar
-        return model.to(device), tok, config
+        return set_attention(model, fused_attn).to(device), tok, config
     if not ckpt.has_checkpoint(source):
         raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: "
                                    f"{', '.join(OFFICIAL)})")
     state, config = ckpt.load_checkpoint(source)
-    gcfg = dropout_off(GPTConfig.from_dict(config["model"]))  # post-training compares log-probs: no dropout
-    saved_kind = config.get("kind", "lm")
-    kind = kind or saved_kind
-    if kind == "lm":
-        if saved_kind != "lm":
-            raise ckpt.CheckpointError(f"{source} holds a {saved_kind} model, a language model is needed")
-        model = GPT(gcfg)
-        ckpt.load_into(model, state, source)
-    elif saved_kind == "scalar":
-        model = GPTScalar(gcfg)
-        ckpt.load_into(model, state, source)
-    else:  # a scalar model started from a language model's weights; the head is fresh
-        model = GPTScalar(gcfg)
-        ckpt.load_into(model.gpt, state, source)
-    tok = Tokenizer(config.get("tokenizer", {}).get("vocab_size", gcfg.vocab_size))
-    return model.to(device), tok, config
+    try:  # config.json is a text file anyone can edit: a field that cannot build the model is named as its fault
+        gcfg = dropout_off(GPTConfig.from_dict(config["model"]))  # post-training compares log-probs: no dropout
+        saved_kind = config.get("kind", "lm")
+        kind = kind or saved_kind
+        if kind == "lm":
+            if saved_kind != "lm":
+                raise ckpt.CheckpointError(f"{source} holds a {saved_kind} model, a language model is needed")
+            model = GPT(gcfg)
+            ckpt.load_into(model, state, source)
+        elif saved_kind == "scalar":
+            model = GPTScalar(gcfg)
+            ckpt.load_into(model, state, source)
+        else:  # a scalar model started from a language model's weights; the head is fresh
+            model = GPTScalar(gcfg)
+            ckpt.load_into(model.gpt, state, source)
+        tok = Tokenizer(config.get("tokenizer", {}).get("vocab_size", gcfg.vocab_size))
+    except ckpt.CheckpointError:
+        raise
+    except KeyError as e:
+        raise ckpt.CheckpointError(f"{source}/config.json: missing field {e}") from e
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ckpt.CheckpointError(f"{source}/config.json: {e}") from e
+    return set_attention(model, fused_attn).to(device), tok, config
+
+
+def set_attention(model: torch.nn.Module, fused: bool | None) -> torch.nn.Module:
+    """Switch every attention layer of a GPT or GPTScalar to the fused (True) or hand-written (False) path;
+    None leaves it as it is. The config follows, so a saved checkpoint says which path trained it."""
+    if fused is not None:
+        for module in model.modules():
+            if isinstance(module, CausalSelfAttention):
+                module.fused = fused
+            if isinstance(module, GPT):
+                module.config.fused_attn = fused
+    return model
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:
@@ -362,22 +441,87 @@ def save_stage(out_dir, model, *, stage: str, kind: str, tokenizer: Tokenizer, a
     ckpt.save_checkpoint(out_dir, model, config, train_state)
 
 
-def train_state(optimizer, step: int, data_rng: torch.Generator) -> dict:
-    """What --resume needs besides the weights: optimizer moments, step, data order and random states."""
-    return {"optimizer": optimizer.state_dict(), "step": step, "data_rng": data_rng.get_state(), "rng": rng_state()}
+class Checkpointer:
+    """Periodic saves and exact --resume for one training loop, so the loop itself needs one line.
 
+        def save(metrics, train_state):          # the stage's own checkpoint: weights + config + state
+            common.save_stage(args.out, model, ..., metrics=metrics, train_state=train_state)
+        saver = common.Checkpointer(args, args.steps, model, save, optimizer=optimizer, data_rng=data_rng)
+        start = saver.start()                    # 0, or where --resume continues
+        log = saver.logger(args.steps)
+        for step in range(start, args.steps):
+            ...
+            saver.step_done(step + 1)            # saves every --save-every steps
+        saver.save(args.steps, final_metrics)
 
-def resume(out_dir, model, optimizer, data_rng: torch.Generator) -> int:
-    """Restore weights, optimizer, data order and random states from `out_dir`; return the step to start at.
-    Every piece is restored exactly, so a resumed run is bitwise the uninterrupted one."""
-    state_dict, _ = ckpt.load_checkpoint(out_dir)
-    ckpt.load_into(model, state_dict, out_dir)
-    state = ckpt.load_train_state(out_dir)
-    optimizer.load_state_dict(state["optimizer"])
-    data_rng.set_state(state["data_rng"])
-    set_rng_state(state["rng"])
-    print(f"resumed {out_dir} at step {state['step']}")
-    return state["step"]
+    Exact means bitwise: an interrupted and resumed run ends with the weights of an uninterrupted one. So
+    the train state holds everything the rest of the run depends on -- each named part's state (optimizers'
+    moments, other models, generators' positions, small objects such as an adaptive KL coefficient) and the
+    global random states -- and the log keeps each step once (ckpt.start_log drops the rows logged after the
+    last checkpoint). The model passed first is the one in model.safetensors; it is restored from there.
+    save=None: a run that neither saves, resumes nor logs (DPO's short beta-sweep runs).
+    """
+
+    def __init__(self, args, total: int, model, save, **parts):
+        self.out, self.total, self.model, self.write, self.parts = args.out, total, model, save, parts
+        self.every, self.stop_at, self.resume = args.save_every, args.stop_at, args.resume
+        self.start_step = 0
+
+    def train_state(self, step: int) -> dict:
+        state = {"step": step, "rng": rng_state()}
+        for name, part in self.parts.items():
+            if isinstance(part, torch.Generator):
+                state[name] = part.get_state()
+            elif hasattr(part, "state_dict"):
+                state[name] = part.state_dict()
+            else:  # a small object of numbers (e.g. an adaptive KL coefficient)
+                state[name] = dict(vars(part))
+        return state
+
+    def start(self) -> int:
+        """Restore everything from the checkpoint in --out when resuming; the step to start at (0 otherwise)."""
+        if not self.resume or self.write is None:
+            return 0
+        state_dict, _ = ckpt.load_checkpoint(self.out)
+        ckpt.load_into(self.model, state_dict, self.out)
+        state = ckpt.load_train_state(self.out)
+        missing = [name for name in ["step", "rng", *self.parts] if name not in state]
+        if missing:
+            raise ckpt.CheckpointError(f"{self.out}/{ckpt.STATE_FILE} lacks {missing}: it was written by another "
+                                       "stage or an older minipost, and cannot continue this run exactly")
+        for name, part in self.parts.items():
+            if isinstance(part, torch.Generator):
+                part.set_state(state[name])
+            elif hasattr(part, "load_state_dict"):
+                part.load_state_dict(state[name])
+            else:
+                vars(part).update(state[name])
+        set_rng_state(state["rng"])
+        self.start_step = state["step"]
+        print(f"resumed {self.out} at step {self.start_step}")
+        return self.start_step
+
+    def logger(self, total: int) -> "StepLogger | None":
+        """The step log, continued where the checkpoint stopped (each step once), or started afresh."""
+        if self.write is None:
+            return None
+        ckpt.start_log(self.out, self.start_step)
+        return StepLogger(Path(self.out) / ckpt.LOG_FILE, total, append=True)
+
+    def save(self, step: int, metrics: dict):
+        if self.write is not None:
+            self.write(metrics, self.train_state(step))
+
+    def step_done(self, step: int):
+        """After `step` steps: a checkpoint every --save-every steps. --stop-at (tests) ends the process
+        here as a kill would: nothing saved beyond the periodic checkpoints, no cleanup run."""
+        # (the last step's save is the stage's own, with its final metrics)
+        if self.write is not None and self.every > 0 and step % self.every == 0 and step < self.total:
+            self.save(step, {"unfinished_at_step": step})  # what config.json says of a mid-run checkpoint
+        if step == self.stop_at:
+            print(f"stopped at step {step} (--stop-at, as if killed); continue with --resume", flush=True)
+            sys.stderr.flush()
+            os._exit(0)
 
 
 def dropout_off(config: GPTConfig) -> GPTConfig:

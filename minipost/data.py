@@ -43,33 +43,45 @@ from typing import NamedTuple
 
 import torch
 
-from minipost.download import download_file
+from minipost.download import DownloadError, download_all, sha256_of
 from minipost.tokenizer import chat_prompt
 
 # -----------------------------------------------------------------------------
-# Named datasets: name -> the files to download (url, local file name, sha256).
-# No sha256 is pinned: we could not verify published checksums for these exact files, so download.py
-# records the sha256 of the first download beside the file (`NAME.sha256`) and re-checks it on every
-# later use ("trust on first use"). Pin a hash here to check the first download too.
+# Named datasets: name -> the files to download, each at a FIXED commit (a URL on a branch like `main`
+# can change under you; a commit cannot), with a checksum read from that commit's git tree:
+#   sha256    a Git LFS file: the pointer file that git stores holds the sha256 of the real bytes
+#   git_sha1  a plain git file: the blob hash `git ls-tree` shows (SHA-1 of "blob <size>\0" + the bytes)
+# Both were read from the repositories' history, not computed from a download (this code was written on a
+# machine without network). A download that does not match is refused. Whatever the pin, the sha256 of the
+# files a run trained on is recorded in its checkpoint (see data_fingerprint).
+
+_ALPACA_COMMIT = "761dc5bfbdeeffa89b8bff5d038781a4055f796a"  # tatsu-lab/stanford_alpaca, 2023-05-29
+_DOLLY_COMMIT = "2305eb7f2f4b3beb2379f34c6addf335b46c4b43"  # databrickslabs/dolly, 2023-04-13 (its last data edit)
+_HH_COMMIT = "354e5c3cb8960630860dd5774a6ac2a58313bf4d"  # anthropics/hh-rlhf, 2023-09-19
 
 DATASETS = {
     "alpaca": {  # 52k instructions written by text-davinci-003; a JSON array of {instruction, input, output}
         "kind": "sft",
-        "files": [("https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json",
-                   "alpaca_data.json", None)],
+        "files": [{"url": f"https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/{_ALPACA_COMMIT}/"
+                          "alpaca_data.json",
+                   "file": "alpaca_data.json", "git_sha1": "3779ddbc040543ab1834ef216c983d6fcc06cc9a"}],
     },
     "dolly": {  # 15k instructions written by Databricks employees; {instruction, context, response, category}
         "kind": "sft",
-        "files": [("https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/"
-                   "databricks-dolly-15k.jsonl", "databricks-dolly-15k.jsonl", None)],
+        "files": [{"url": f"https://raw.githubusercontent.com/databrickslabs/dolly/{_DOLLY_COMMIT}/"
+                          "data/databricks-dolly-15k.jsonl",
+                   "file": "databricks-dolly-15k.jsonl", "git_sha1": "9b0b912c478e7ccd61ce741ebb409ddf8c7c22e6"}],
     },
     "hh-rlhf": {  # Anthropic's helpful + harmless preferences; {chosen, rejected} whole transcripts
         "kind": "pairs",
         "files": [
-            ("https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/harmless-base/train.jsonl.gz",
-             "hh-rlhf-harmless-base-train.jsonl.gz", None),
-            ("https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/helpful-base/train.jsonl.gz",
-             "hh-rlhf-helpful-base-train.jsonl.gz", None),
+            {"url": f"https://raw.githubusercontent.com/anthropics/hh-rlhf/{_HH_COMMIT}/harmless-base/train.jsonl.gz",
+             "file": "hh-rlhf-harmless-base-train.jsonl.gz", "git_sha1": "df7c90b1bbd6093bda9c996e8aab9a46fa557dcf"},
+            # a Git LFS file: raw.githubusercontent.com would serve the pointer, the media host serves the bytes
+            {"url": f"https://media.githubusercontent.com/media/anthropics/hh-rlhf/{_HH_COMMIT}/"
+                    "helpful-base/train.jsonl.gz",
+             "file": "hh-rlhf-helpful-base-train.jsonl.gz",
+             "sha256": "518a5bf288456fc9f3b7c980c54116fba0c52f274d3f4d344675d83e4058f6f4"},  # 16,200,131 bytes
         ],
     },
 }
@@ -81,9 +93,28 @@ class DataError(ValueError):
 
 
 def dataset_files(name: str, cache_dir=DEFAULT_CACHE_DIR) -> list[Path]:
-    """Download (once) the files of a named dataset and return their local paths."""
-    return [download_file(url, Path(cache_dir) / fname, sha256=sha, desc=f"{name} {fname}")
-            for url, fname, sha in DATASETS[name]["files"]]
+    """Download (once) the files of a named dataset and return their local paths.
+
+    Offline, one DataError names every file still missing and where to put it (download_all).
+    """
+    files = [{**f, "dest": Path(cache_dir) / f["file"]} for f in DATASETS[name]["files"]]
+    try:
+        return download_all(files, desc=name)
+    except DownloadError as e:
+        raise DataError(f"{e}; or pass a file you have as --data PATH") from e
+
+
+def data_fingerprint(source: str, cache_dir=DEFAULT_CACHE_DIR) -> dict:
+    """What a checkpoint records about its data: {"source", "files": [{"path", "bytes", "sha256"}]}.
+
+    The toy world is code, not a file: it is identified by its name (and the world seed in the args).
+    Call after loading, when a named dataset's files are on disk.
+    """
+    if source.startswith("world"):
+        return {"source": source, "files": []}
+    paths = [Path(cache_dir) / f["file"] for f in DATASETS[source]["files"]] if source in DATASETS else [Path(source)]
+    return {"source": source,
+            "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in paths]}
 
 
 # -----------------------------------------------------------------------------
@@ -96,6 +127,8 @@ def _type_name(value) -> str:
 
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, gunzipped when the name ends in .gz."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a .json or .jsonl file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix != ".gz":
@@ -128,6 +161,8 @@ def _read_jsonl(path: Path, raw: bytes) -> list[tuple[int, dict]]:
             row = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{i}: invalid JSON ({e.msg}, column {e.colno})") from e
+        except RecursionError as e:  # Python's parser recurses once per nesting level
+            raise DataError(f"{path}:{i}: JSON nested too deeply to read") from e
         if not isinstance(row, dict):
             raise DataError(f"{path}:{i}: expected a JSON object, got {_type_name(row)}")
         records.append((i, row))
@@ -171,6 +206,8 @@ def _read_json_array(path: Path, raw: bytes) -> list[tuple[int, dict]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from e
+    except RecursionError as e:  # Python's parser recurses once per nesting level
+        raise DataError(f"{path}: JSON nested too deeply to read") from e
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of objects, got {_type_name(data)} "
                         f"(for one object per line, name the file .jsonl)")
@@ -328,17 +365,21 @@ def load_sft(source: str, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], dict
 
     source: "world" (the toy world's demos), "alpaca", "dolly", or a PATH to .json/.jsonl/.jsonl.gz whose
     rows may be Alpaca, Dolly, chat ({messages}) or {prompt, response} (detected row by row).
-    Examples with an empty (or all-whitespace) response are dropped and counted in stats["dropped_empty"].
+    Examples with an empty (or all-whitespace) response are dropped and counted in stats["dropped_empty"];
+    chat rows with no assistant turn (nothing to learn from) in stats["dropped_no_answer"].
     """
+    n_no_answer = 0
     if source == "world":
         raw = [{"prompt": chat_prompt(d["prompt"]), "response": d["response"]} for d in _world().sft_demos]
         n_read = len(raw)
     else:
         records = _records_of(source, "sft", cache_dir)
-        raw = [ex for where, row in records for ex in _sft_row(row, where)]
-        n_read = len(records)
+        per_row = [_sft_row(row, where) for where, row in records]
+        raw = [ex for examples in per_row for ex in examples]
+        n_read, n_no_answer = len(records), sum(1 for examples in per_row if not examples)
     examples = [ex for ex in raw if ex["response"].strip()]
-    return examples, {"read": n_read, "examples": len(examples), "dropped_empty": len(raw) - len(examples)}
+    return examples, {"read": n_read, "examples": len(examples), "dropped_empty": len(raw) - len(examples),
+                      "dropped_no_answer": n_no_answer}
 
 
 # --- preference pairs
@@ -487,8 +528,11 @@ def load_pairs(source: str, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], di
 
 
 def _prompt_row(row: dict, where: str) -> str:
-    """The templated prompt of one row: {messages} (up to the last user turn), {prompt}, or an
-    Alpaca/Dolly row's instruction."""
+    """The templated prompt of one row: a preference pair's shared prompt (HH-RLHF transcripts or
+    {prompt, chosen, rejected}: the file the reward model trained on serves PPO too), {messages} (up to the
+    last user turn), {prompt}, or an Alpaca/Dolly row's instruction."""
+    if "chosen" in row and "rejected" in row:
+        return _pair_row(row, where)["prompt"]
     if "messages" in row:
         messages = _check_conversation(row["messages"], where)
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")  # later answers are ignored
@@ -506,8 +550,10 @@ def load_prompts(source: str, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], 
 
     source: "world" (the PPO prompts; each also carries its "kind"), "world-eval" (the held-out
     evaluation prompts), "hh-rlhf" (the prompts of its pairs), "alpaca"/"dolly" (their instructions),
-    or a PATH with {prompt} rows (raw instructions), {messages} rows, or Alpaca/Dolly rows.
+    or a PATH with {prompt} rows (raw instructions), {messages} rows, Alpaca/Dolly rows, or preference pairs
+    (HH-RLHF transcripts, {prompt, chosen, rejected}).
     Empty instructions are dropped (stats["dropped_empty"]), repeats too (stats["dropped_duplicate"]).
+    A source with no usable prompt left is a DataError (before any model is loaded, in every script).
     """
     if source in ("world", "world-eval"):
         world = _world()
@@ -520,11 +566,14 @@ def load_prompts(source: str, cache_dir=DEFAULT_CACHE_DIR) -> tuple[list[dict], 
     else:
         records = _records_of(source, "prompts", cache_dir)
         prompts = [_prompt_row(row, where) for where, row in records]
-        n_read, n_empty = len(records), sum(p == chat_prompt("") for p in prompts)
-        prompts = [p for p in prompts if p != chat_prompt("")]
+        empty = "".join(chat_prompt("").split())  # the template around nothing (or only whitespace)
+        kept = [p for p in prompts if "".join(p.split()) != empty]
+        n_read, n_empty, prompts = len(records), len(prompts) - len(kept), kept
     unique = list(dict.fromkeys(prompts))  # keeps the first occurrence, in order
     stats = {"read": n_read, "prompts": len(unique), "dropped_empty": n_empty,
              "dropped_duplicate": len(prompts) - len(unique)}
+    if not unique:
+        raise DataError(f"no usable prompts in {source} ({n_read} rows read, {n_empty} with an empty instruction)")
     return [{"prompt": p} for p in unique], stats
 
 
@@ -539,6 +588,22 @@ def split_holdout(items: list, frac: float = 0.05, seed: int = 0) -> tuple[list,
     n_held = 0 if frac == 0 or n < 2 else min(n - 1, max(1, round(frac * n)))
     held = set(random.Random(seed).sample(range(n), n_held))
     return ([x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held])
+
+
+def unique_prompts(encoded: list) -> list[list[int]]:
+    """The distinct prompts (token ids, in first-seen order) of encoded examples (ids, n_prompt) or EncodedPairs:
+    the fixed held-out prompts that real-data runs answer side by side, or the prompts RM normalization samples."""
+    keys = (tuple(e.chosen[: e.n_prompt]) if isinstance(e, EncodedPair) else tuple(e[0][: e[1]]) for e in encoded)
+    return [list(k) for k in dict.fromkeys(keys)]
+
+
+def fixed_subset(items: list, n: int) -> list:
+    """At most n items spread evenly over the list (every k-th), the same ones on every call: a held-out
+    evaluation that costs the same however large the held-out split is, and compares like with like
+    from one evaluation to the next. n <= 0 means all items."""
+    if n <= 0 or len(items) <= n:
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(n)]
 
 
 # -----------------------------------------------------------------------------
@@ -566,6 +631,23 @@ def encode_prompt(tok, prompt: str, max_prompt_tokens: int) -> tuple[list[int], 
     if len(ids) > max_prompt_tokens:
         return ids[-max_prompt_tokens:], True
     return ids, False
+
+
+def encode_prompts(tok, prompts: list[str], max_prompt_tokens: int) -> tuple[list[list[int]], dict]:
+    """Prompts for generation (RL rollouts, samples): ([ids], stats), each LEFT-truncated to
+    max_prompt_tokens like every other stage's prompts. stats counts "prompts" and "prompt_truncated".
+
+    The caller picks the budget so that prompt + the longest response fits the context
+    (block_size - max_new_tokens): a longer prompt would leave a sampled batch no room to answer.
+    """
+    if max_prompt_tokens < 1:
+        raise ValueError(f"max_prompt_tokens must be at least 1, got {max_prompt_tokens}")
+    out, n_truncated = [], 0
+    for p in prompts:
+        ids, truncated = encode_prompt(tok, p, max_prompt_tokens)
+        out.append(ids)
+        n_truncated += truncated
+    return out, {"prompts": len(out), "prompt_truncated": n_truncated}
 
 
 def encode_example(tok, prompt: str, response: str, block_size: int,

@@ -10,13 +10,17 @@ What it guarantees:
 - A short transfer (the server closed the connection before Content-Length bytes arrived) is an error,
   not a silently truncated dataset.
 - Integrity. With a pinned `sha256` the download is checked against it, and so is an existing file.
-  Without one we cannot know what the right bytes are, so we do the next best thing and say so
-  honestly: the sha256 of the first successful download is recorded in `dest + ".sha256"` (a "sidecar")
-  and every later use re-checks the file against it. That catches a file corrupted or edited on disk
-  after download; it does NOT prove the first download was the file the dataset's authors published
-  (trust on first use, like ssh's known_hosts).
+  A file kept in a git repository can be pinned by its git blob hash instead (`git_sha1`: SHA-1 of
+  "blob <size>\\0" + the bytes, what `git ls-tree` shows for that file at a fixed commit): a pin that can
+  be read from the repository's history without downloading the file itself. Without either we cannot
+  know what the right bytes are, so we do the next best thing and say so honestly: the sha256 of the
+  first successful download is recorded in `dest + ".sha256"` (a "sidecar") and every later use re-checks
+  the file against it. That catches a file corrupted or edited on disk after download; it does NOT prove
+  the first download was the file the dataset's authors published (trust on first use, like ssh's
+  known_hosts).
 - Network failures (no network, DNS, refused connection, timeout, HTTP errors) raise `DownloadError`
-  saying what could not be fetched, from where, and how to proceed offline.
+  saying what could not be fetched, from where, and how to proceed offline. `download_all` fetches
+  several files and, offline, names every missing one in a single message (not one per attempt).
 
 Stdlib only (urllib); no network at import time.
 """
@@ -36,12 +40,29 @@ TIMEOUT_S = 30  # seconds for connecting and for each read; a stalled server fai
 
 
 class DownloadError(RuntimeError):
-    """A file could not be downloaded (network, HTTP, short transfer, checksum mismatch)."""
+    """A file could not be downloaded (network, HTTP, short transfer, checksum mismatch).
+
+    `missing` is (url, dest) when the cause was the network (the file can be placed by hand), else None;
+    `reason` says what went wrong in a few words ("HTTP 404 Not Found", "timed out").
+    """
+
+    def __init__(self, message: str, missing: tuple[str, Path] | None = None, reason: str = ""):
+        super().__init__(message)
+        self.missing, self.reason = missing, reason
 
 
 def sha256_of(path) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_sha1_of(path) -> str:
+    """The hash git gives a file's contents (`git hash-object PATH`): SHA-1 of b"blob <size>\\0" + bytes."""
+    h = hashlib.sha1(f"blob {Path(path).stat().st_size}\0".encode())
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
             h.update(chunk)
@@ -58,11 +79,21 @@ def _offline_hint(url: str, dest: Path) -> str:
             f"and place the file at {dest}.")
 
 
-def _check_existing(dest: Path, sha256: str | None) -> bool:
+def _check_git_sha1(path: Path, git_sha1: str, what: str):
+    actual = git_blob_sha1_of(path)
+    if actual != git_sha1.lower():
+        raise DownloadError(f"{what}: git blob hash {actual} does not match the pinned {git_sha1}. "
+                            f"The file is corrupt or another version; delete it to download it again.")
+
+
+def _check_existing(dest: Path, sha256: str | None, git_sha1: str | None = None) -> bool:
     """True if `dest` is already a good copy. A file that fails its checksum raises (we do not silently
     overwrite something the user may have placed there by hand)."""
     if not dest.is_file():
         return False
+    if git_sha1 is not None and sha256 is None:
+        _check_git_sha1(dest, git_sha1, str(dest))
+        return True
     expected, source = sha256, "pinned"
     if expected is None and _sidecar(dest).is_file():
         expected, source = _sidecar(dest).read_text().split()[0], f"recorded in {_sidecar(dest)}"
@@ -83,15 +114,15 @@ def _format_progress(desc: str, done: int, total: int | None, elapsed: float) ->
     return f"{desc}: {done / 1e6:.1f} MB (size unknown) {rate:6.2f} MB/s"
 
 
-def download_file(url: str, dest, sha256: str | None = None, desc: str = "") -> Path:
+def download_file(url: str, dest, sha256: str | None = None, desc: str = "", git_sha1: str | None = None) -> Path:
     """Download `url` to `dest` (see the module docstring) and return `dest` as a Path.
 
-    If `dest` exists and matches `sha256` (or its sidecar), nothing is downloaded. A file placed at `dest`
-    by hand (no pinned sha256, no sidecar) is used as it is: that is the offline route.
+    If `dest` exists and matches `sha256` / `git_sha1` (or its sidecar), nothing is downloaded. A file placed
+    at `dest` by hand is checked against the pin, or used as it is when there is none: the offline route.
     """
     dest = Path(dest)
     desc = desc or dest.name
-    if _check_existing(dest, sha256):
+    if _check_existing(dest, sha256, git_sha1):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
 
@@ -124,27 +155,32 @@ def download_file(url: str, dest, sha256: str | None = None, desc: str = "") -> 
                 os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
         except urllib.error.HTTPError as e:  # (a subclass of URLError: test it first)
             raise DownloadError(f"could not download {desc} from {url}: HTTP {e.code} {e.reason}. "
-                                + _offline_hint(url, dest)) from e
+                                + _offline_hint(url, dest), missing=(url, dest),
+                                reason=f"HTTP {e.code} {e.reason}") from e
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             # URLError: DNS failure, refused connection; TimeoutError: a stalled server;
             # ConnectionError: the connection was reset mid-transfer.
             reason = getattr(e, "reason", e)
             raise DownloadError(f"could not download {desc} from {url}: {reason}. "
-                                + _offline_hint(url, dest)) from e
+                                + _offline_hint(url, dest), missing=(url, dest), reason=str(reason)) from e
         except http.client.HTTPException as e:  # e.g. IncompleteRead: the server hung up early
             raise DownloadError(f"download of {desc} from {url} was interrupted after {done} bytes "
-                                f"({type(e).__name__}: {e}). " + _offline_hint(url, dest)) from e
+                                f"({type(e).__name__}: {e}). " + _offline_hint(url, dest), missing=(url, dest),
+                                reason=f"interrupted after {done} bytes") from e
 
         # Our own length check: urllib does not always raise when fewer bytes than promised arrive.
         if total is not None and done != total:
             raise DownloadError(f"download of {desc} from {url} was interrupted: got {done} of {total} bytes. "
-                                + _offline_hint(url, dest))
+                                + _offline_hint(url, dest), missing=(url, dest),
+                                reason=f"interrupted after {done} of {total} bytes")
         actual = h.hexdigest()
         if sha256 is not None and actual != sha256.lower():
             raise DownloadError(f"sha256 mismatch for {url}: expected {sha256}, got {actual}. "
                                 f"The file was not saved to {dest}.")
+        if git_sha1 is not None:
+            _check_git_sha1(tmp, git_sha1, f"{url} (not saved to {dest})")
         os.replace(tmp, dest)  # atomic: dest is either the old state (absent) or the complete file
-        if sha256 is None:
+        if sha256 is None and git_sha1 is None:
             # Trust on first use: remember what we got, so later corruption is noticed.
             _sidecar(dest).write_text(f"{actual}  {dest.name}\n")
         return dest
@@ -152,3 +188,32 @@ def download_file(url: str, dest, sha256: str | None = None, desc: str = "") -> 
         if fd is not None:
             os.close(fd)
         tmp.unlink(missing_ok=True)  # a failed transfer leaves no partial file behind
+
+
+def download_all(files: list[dict], desc: str) -> list[Path]:
+    """Download several files, each {"url", "dest"[, "sha256"][, "git_sha1"]}; return their paths.
+
+    Every file is tried before anything is reported, so an offline user learns about ALL the files to place
+    by hand in one message, not one per attempt. A checksum mismatch is raised at once: it is not a network
+    problem, and placing another file would not fix it.
+    """
+    paths, missing, reason = [], [], ""
+    for f in files:
+        if missing and not Path(f["dest"]).is_file():
+            missing.append((f["url"], Path(f["dest"])))  # the network just failed: do not wait for it again
+            continue
+        try:
+            paths.append(download_file(f["url"], f["dest"], sha256=f.get("sha256"), git_sha1=f.get("git_sha1"),
+                                       desc=f"{desc} {Path(f['dest']).name}"))
+        except DownloadError as e:
+            if e.missing is None:
+                raise
+            missing.append(e.missing)
+            reason = reason or e.reason
+    if missing:
+        where = "; ".join(f"{url} -> {dest}" for url, dest in missing)
+        n = f"these {len(missing)} files" if len(missing) > 1 else "this file"
+        raise DownloadError(f"could not download {desc} ({reason}). If this machine is offline, download "
+                            f"{n} on a machine with network and place {'them' if len(missing) > 1 else 'it'} "
+                            f"here: {where}", missing=missing[0])
+    return paths

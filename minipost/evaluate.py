@@ -28,6 +28,10 @@ With reference models:
   kl_to_<name>               mean sequence KL estimated from our own samples,
                              sum_t [log pi(y_t|..) - log ref(y_t|..)] with y ~ pi at temperature 1
                              (an unbiased Monte Carlo estimate).
+Separately (pass_at_k_curve, stored as passk.json beside a checkpoint):
+  pass@k                     on the held-out fact and skill prompts, from 64 samples per prompt at
+                             temperature 1: the chance that some of k samples is right (unbiased estimator
+                             of Chen et al. 2021), k = 1 ... 64. pass@1 is the sampled accuracy.
 """
 
 import hashlib
@@ -49,13 +53,25 @@ MAX_NEW_TOKENS = 48
 def generate_responses(model, tok: Tokenizer, instructions: list[str], *, device, dtype=torch.float32,
                        temperature=0.0, generator=None, max_new_tokens=MAX_NEW_TOKENS, batch_size=64):
     """Answer each instruction in the chat template. Returns (texts, token lists without EOS, ended_with_eos)."""
+    prompts = [tok.encode(chat_prompt(x)) for x in instructions]
+    return generate_from_ids(model, tok, prompts, device=device, dtype=dtype, temperature=temperature,
+                             generator=generator, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+@torch.no_grad()
+def generate_from_ids(model, tok: Tokenizer, prompts: list[list[int]], *, device, dtype=torch.float32,
+                      temperature=0.0, generator=None, max_new_tokens=MAX_NEW_TOKENS, batch_size=64):
+    """Answer prompts given as token ids (already templated and truncated to fit the context).
+    Returns (texts, token lists without EOS, ended_with_eos)."""
     texts, token_lists, ended = [], [], []
     model.eval()
-    for i in range(0, len(instructions), batch_size):
-        chunk = instructions[i : i + batch_size]
-        prompts = [tok.encode(chat_prompt(x)) for x in chunk]
-        budget = min(max_new_tokens, model.config.block_size - max(map(len, prompts)))
-        batch = collate([(p, len(p)) for p in prompts], tok.eos_id, side="left")
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        budget = min(max_new_tokens, model.config.block_size - max(map(len, chunk)))
+        if budget < 1:
+            raise ValueError(f"a prompt of {max(map(len, chunk))} tokens leaves no room in the context of "
+                             f"{model.config.block_size}; truncate prompts first (data.encode_prompts)")
+        batch = collate([(p, len(p)) for p in chunk], tok.eos_id, side="left")
         with common.autocast(device, dtype):
             out = model.generate(batch["input_ids"].to(device), budget, temperature=temperature,
                                  attention_mask=batch["attention_mask"].to(device), eos_token_id=tok.eos_id,
@@ -220,14 +236,20 @@ def eval_settings(model, *, seed: int, n_samples: int, limit: int) -> dict:
 
 
 def write_eval(out_dir, result: dict):
-    """checkpoints/<stage>/eval.json (metrics, and the settings under "eval_settings") and samples.jsonl
-    (every prompt, response and score)."""
+    """checkpoints/<stage>/eval.json (metrics, the settings under "eval_settings", and under "written_for"
+    the hashes of the weights and of samples.jsonl) and samples.jsonl (every prompt, response and score).
+    samples.jsonl first: eval.json, written last, vouches for it. A result without samples (the reward
+    model's) writes eval.json alone."""
     out = Path(out_dir)
-    from minipost.checkpoint import atomic_write_json, atomic_write_bytes
+    from minipost.checkpoint import atomic_write_bytes, atomic_write_json, results_stamp
 
-    atomic_write_json(out / "eval.json", {**result["metrics"], "eval_settings": result["settings"]})
-    lines = "".join(json.dumps(s) + "\n" for s in result["samples"])
-    atomic_write_bytes(out / "samples.jsonl", lines.encode())
+    files = []
+    if result.get("samples") is not None:
+        lines = "".join(json.dumps(s) + "\n" for s in result["samples"])
+        atomic_write_bytes(out / "samples.jsonl", lines.encode())
+        files.append("samples.jsonl")
+    atomic_write_json(out / "eval.json", {**result["metrics"], "eval_settings": result.get("settings"),
+                                          "written_for": results_stamp(out, *files)})
 
 
 def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0) -> dict | None:
@@ -240,6 +262,7 @@ def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0)
     except (OSError, ValueError):
         return None
     settings = metrics.pop("eval_settings", None)
+    metrics.pop("written_for", None)
     if settings != eval_settings(model, seed=seed, n_samples=n_samples, limit=limit):
         return None
     return {"metrics": metrics, "samples": samples, "settings": settings}
@@ -409,6 +432,81 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
     return pairs, stats
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of pass@k (Chen et al. 2021, eq. 1) from n samples of which c are correct:
+
+        pass@k = 1 - C(n - c, k) / C(n, k)
+
+    the probability that k samples drawn WITHOUT replacement from the n include a correct one. Taking
+    1 - (1 - c/n)^k instead is biased low (it draws with replacement). Computed as the product
+    1 - prod_{i = n-c+1}^{n} (1 - k / i), which never forms the huge binomials."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:  # every k-subset holds a correct sample
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+PASS_AT_K = (1, 2, 4, 8, 16, 32, 64)
+
+
+def pass_at_k_curve(model, tok: Tokenizer, world, *, device, dtype=torch.float32, n: int = 64, ks=PASS_AT_K,
+                    seed: int = 0, limit: int = 0, batch_size: int = 256) -> dict:
+    """pass@k on the world's held-out fact and skill prompts (the ones with one checkable answer): n samples
+    per prompt at temperature 1, each marked correct or not by the judge's exact-answer rule (the same
+    `correct` as `accuracy`), then pass@k averaged over prompts for every k <= n in ks.
+
+    pass@1 is the sampled accuracy (what one answer gets right on average); pass@k at large k is what the
+    model CAN say when some attempt may succeed. RL that sharpens a distribution raises pass@1 toward it;
+    only new knowledge raises pass@k at large k (Yue et al. 2025). `limit` > 0: an evenly spread subset.
+    Returns {"k": [...], "pass_at_k": [...], "fact": [...], "skill": [...], "n", "n_prompts", "correct"}."""
+    from minipost.world import judge
+
+    prompts = [p for p in world.eval_prompts if p["kind"] in ("fact", "skill")]
+    if limit > 0:
+        prompts = prompts[:: max(1, len(prompts) // limit)][:limit]
+    instructions = [p["prompt"] for p in prompts]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    repeated = [x for x in instructions for _ in range(n)]  # n copies of each prompt, side by side
+    texts, _, _ = generate_responses(model, tok, repeated, device=device, dtype=dtype, temperature=1.0,
+                                     generator=gen, batch_size=batch_size)
+    correct = [sum(bool(judge(x, y).correct) for y in texts[i * n : (i + 1) * n]) for i, x in enumerate(instructions)]
+    ks = [k for k in ks if k <= n]
+
+    def curve(kind=None):
+        cs = [c for p, c in zip(prompts, correct) if kind is None or p["kind"] == kind]
+        return [sum(pass_at_k(n, c, k) for c in cs) / len(cs) for k in ks] if cs else None
+
+    return {"k": ks, "pass_at_k": curve(), "fact": curve("fact"), "skill": curve("skill"), "n": n,
+            "n_prompts": len(prompts), "correct": correct}
+
+
+def pass_at_k_cached(ckpt_dir, model, tok: Tokenizer, world, *, device, dtype=torch.float32, n: int = 64,
+                     seed: int = 0, limit: int = 0) -> dict:
+    """pass_at_k_curve of the model in ckpt_dir, stored there as passk.json with what made it (the weights'
+    sha256, n, seed, limit) and reused when all of it matches: the report reads it, and a later stage that
+    measures the same reference (SFT, base) does not sample 64 answers per prompt again."""
+    from minipost.checkpoint import atomic_write_json
+
+    settings = {"n": n, "seed": seed, "limit": limit, "max_new_tokens": MAX_NEW_TOKENS,
+                "weights_sha256": weights_fingerprint(model)}
+    path = Path(ckpt_dir) / "passk.json"
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == settings:
+            print(f"pass@k: reusing {path} (same weights and settings)")
+            return stored
+    except (OSError, ValueError, AttributeError):
+        pass  # missing or unreadable: measure again
+    result = {**pass_at_k_curve(model, tok, world, device=device, dtype=dtype, n=n, seed=seed, limit=limit),
+              "settings": settings}
+    try:
+        atomic_write_json(path, result)
+    except OSError as e:  # a read-only checkpoint directory: the numbers are still returned
+        print(f"pass@k: not stored ({e})")
+    return result
+
+
 @torch.no_grad()
 def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device, dtype=torch.float32, seed=0) -> dict:
     """A ceiling for preference training: pick, for every held-out prompt, the best of n samples by the
@@ -448,6 +546,63 @@ def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device
     for name, scores in (("greedy", [v.score for v in greedy]), ("knowledge_oracle", oracle)):
         out[name] = (win_rate(scores + scores, ordinary), sum(scores) / len(scores))
     return out
+
+
+# -----------------------------------------------------------------------------
+# Real data: no judge, so side-by-side samples on fixed held-out prompts stand in for it
+
+
+def side_by_side(models: dict, tok: Tokenizer, prompts: list[list[int]], *, max_new_tokens: int, device,
+                 dtype=torch.float32, rm=None) -> list[dict]:
+    """Greedy answers of each model to the same prompts: [{"prompt", <name>: answer, ...}].
+
+    `models` maps a column name to a model ({"sft": sft, "dpo": policy}). `prompts` are token ids (templated),
+    left-truncated here if needed to leave max_new_tokens of room, so a long dialogue keeps its last turns;
+    "prompt" holds the text the models saw. With a reward model `rm`, each answer's reward is added as
+    "<name>_reward".
+    """
+    block_size = min(m.config.block_size for m in models.values())
+    room = max(1, block_size - max_new_tokens)
+    prompts = [p[-room:] for p in prompts]
+    rows = [{"prompt": tok.decode(p)} for p in prompts]
+    for name, model in models.items():
+        texts, toks, ended = generate_from_ids(model, tok, prompts, device=device, dtype=dtype,
+                                               max_new_tokens=max_new_tokens)
+        rewards = rewards_of(rm, tok, prompts, toks, ended, device, dtype).tolist() if rm is not None else None
+        for i, (row, text) in enumerate(zip(rows, texts)):
+            row[name] = text
+            if rewards is not None:
+                row[f"{name}_reward"] = round(rewards[i], 4)
+    return rows
+
+
+@torch.no_grad()
+def rewards_of(rm, tok: Tokenizer, prompts: list[list[int]], responses: list[list[int]], ended: list[bool], device,
+               dtype=torch.float32, batch_size: int = 64) -> torch.Tensor:
+    """The reward model's scores (N,) of responses (token lists without EOS; `ended`: the answer stopped with
+    EOS, which is then appended, as in the sequences the RM trained on) to prompts (token ids)."""
+    seqs = [(ids + toks + ([tok.eos_id] if eos else []), len(ids)) for ids, toks, eos in zip(prompts, responses, ended)]
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        batch = {k: v.to(device) for k, v in collate(seqs[i : i + batch_size], tok.eos_id).items()}
+        with common.autocast(device, dtype):
+            out.append(rm.score(batch["input_ids"], batch["attention_mask"]).float())
+    return torch.cat(out)
+
+
+def write_side_by_side(out_dir, rows: list[dict], title: str, show: int = 4, width: int = 300):
+    """Print the first `show` rows (each prompt's last `width` characters, then every model's answer) and
+    write all of them to out_dir/samples.jsonl, beside the checkpoint whose answers they are."""
+    from minipost.checkpoint import atomic_write_bytes
+
+    print(f"--- {title}")
+    for row in rows[:show]:
+        prompt = row["prompt"]
+        print(f"prompt: {'...' if len(prompt) > width else ''}{prompt[-width:]!r}")
+        for name, value in row.items():
+            if name != "prompt":
+                print(f"  {name:>6}: {value[:width]!r}" if isinstance(value, str) else f"  {name:>6}: {value}")
+    atomic_write_bytes(Path(out_dir) / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 if __name__ == "__main__":

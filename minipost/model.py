@@ -338,9 +338,11 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_path: str, cache_dir: str = "checkpoints/pretrained") -> "GPT":
         """Load GPT-2 weights in Hugging Face's layout.
 
-        `name_or_path`: one of gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded once into cache_dir),
-        a directory with `model.safetensors` (+ `config.json` as `save_pretrained` writes it), or a bare
-        `model.safetensors` file (the shape is then inferred, with 64-wide heads as in every GPT-2).
+        `name_or_path`: one of gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded once into cache_dir, at the
+        revision in PRETRAINED_PINS), a directory with `model.safetensors` (+ `config.json` as `save_pretrained`
+        writes it), or a bare `.safetensors` file (the shape is then inferred, with 64-wide heads as in every
+        GPT-2). Raises FileNotFoundError / ValueError with a one-line message for anything else, and
+        download.DownloadError (saying where to put the file) when a name cannot be downloaded.
         """
         from minipost.checkpoint import read_safetensors  # the hand-written safetensors reader
 
@@ -349,15 +351,24 @@ class GPT(nn.Module):
         if name_or_path in OFFICIAL and not path.exists():
             from minipost.download import download_file
 
-            url = f"https://huggingface.co/openai-community/{name_or_path}/resolve/main/model.safetensors"
-            path = download_file(url, Path(cache_dir) / name_or_path / "model.safetensors", desc=name_or_path)
+            revision, sha256 = PRETRAINED_PINS.get(name_or_path, ("main", None))
+            url = f"https://huggingface.co/openai-community/{name_or_path}/resolve/{revision}/model.safetensors"
+            path = download_file(url, Path(cache_dir) / name_or_path / "model.safetensors", sha256=sha256,
+                                 desc=name_or_path)
             config = config_from_preset(name_or_path)
         elif path.is_dir():
-            if (path / "config.json").exists():
-                hf_config = json.loads((path / "config.json").read_text())
+            if (path / "config.json").is_file():
+                hf_config = _read_hf_config(path / "config.json")
+            if not (path / "model.safetensors").is_file():
+                found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".safetensors", ".json"))
+                raise FileNotFoundError(f"{path}: no model.safetensors (found: {', '.join(found) or 'nothing'}); "
+                                        f"minipost reads safetensors only (a pickled .bin can run code when loaded; "
+                                        f"convert it with save_pretrained(..., safe_serialization=True))")
             path = path / "model.safetensors"
             config = None
         elif path.is_file():
+            if path.suffix != ".safetensors":
+                raise ValueError(f"{path}: not a .safetensors file; minipost reads safetensors weights only")
             config = None
         else:
             raise FileNotFoundError(f"{name_or_path}: not a GPT-2 name ({', '.join(OFFICIAL)}), directory or file")
@@ -390,6 +401,45 @@ class GPT(nn.Module):
         return model
 
 
+# The official weights at a fixed revision of the Hugging Face repository (a branch like `main` can change),
+# with the sha256 of model.safetensors, checked on download. Only gpt2's revision and hash could be
+# established offline (from several independent published records); the larger models follow `main` and are
+# checked by trust on first use (download.py records the first download's sha256 beside the file).
+PRETRAINED_PINS = {
+    "gpt2": ("607a30d783dfa663caf39e06633721c8d4cfcd7e",
+             "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"),  # 548,105,171 bytes
+}
+
+
+def is_pretrained_source(source: str) -> bool:
+    """True when `source` is something GPT.from_pretrained reads rather than a minipost checkpoint: an official
+    name (with no directory of that name), a .safetensors file, or a directory with model.safetensors and no
+    config.json or Hugging Face's (which names a "model_type"; a minipost checkpoint's config.json does not)."""
+    path = Path(source)
+    if source in OFFICIAL and not path.exists():
+        return True
+    if path.is_file():
+        return path.suffix == ".safetensors"
+    if not path.is_dir():
+        return False
+    if not (path / "config.json").is_file():
+        return (path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False  # not JSON: the checkpoint loader says what is wrong with it
+
+
+def _read_hf_config(path: Path) -> dict:
+    try:
+        hf = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return hf
+
+
 def _config_from_hf(hf: dict | None, sd: dict, path: Path) -> GPTConfig:
     """A GPTConfig from Hugging Face's config.json, or from the weights' shapes when there is none."""
     if hf is not None:
@@ -398,6 +448,9 @@ def _config_from_hf(hf: dict | None, sd: dict, path: Path) -> GPTConfig:
             raise ValueError(f"{path}: activation {act!r}; minipost's GPT-2 uses tanh GELU (gelu_new)")
         if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
             raise ValueError(f"{path}: layer_norm_epsilon {hf['layer_norm_epsilon']}, minipost uses 1e-5")
+        missing = [k for k in ("vocab_size", "n_layer", "n_head", "n_embd") if k not in hf]
+        if missing:
+            raise ValueError(f"{path}: config.json lacks {', '.join(missing)} (is it a GPT-2 config?)")
         return GPTConfig(
             block_size=hf.get("n_positions", 1024),
             vocab_size=hf["vocab_size"],
@@ -405,7 +458,12 @@ def _config_from_hf(hf: dict | None, sd: dict, path: Path) -> GPTConfig:
             n_head=hf["n_head"],
             n_embd=hf["n_embd"],
         )
+    if "wte.weight" not in sd or "wpe.weight" not in sd:
+        raise ValueError(f"{path}: no wte.weight / wpe.weight: not GPT-2 weights")
     vocab_size, n_embd = sd["wte.weight"].shape
+    if n_embd % 64:
+        raise ValueError(f"{path}: width {n_embd} is not a multiple of GPT-2's 64-wide heads, so the number of "
+                         f"heads cannot be inferred; put a config.json (with n_head) beside model.safetensors")
     n_layer = len({k.split(".")[1] for k in sd if k.startswith("h.")})
     return GPTConfig(
         block_size=sd["wpe.weight"].shape[0], vocab_size=vocab_size, n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd

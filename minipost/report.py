@@ -9,6 +9,7 @@ Sections:
   4. reward hacking: RM score and gold score against KL, with and without the KL penalty
   5. training curves of every stage
   6. side-by-side answers of base, SFT, PPO and DPO to the same held-out prompts
+  7. RL with verifiable rewards (GRPO): its runs beside SFT, and pass@k curves of every model
 
 Win rates against the base model are computed here from the samples every evaluation stores (the
 judge's score of each temperature-1 sample; ties count half; the greedy answers' win rate beside it),
@@ -19,7 +20,13 @@ so every model is compared on the same prompts. The frontier uses the expected g
 import json
 from pathlib import Path
 
+from minipost.checkpoint import stamp_mismatch
+
 POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO")]
+POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO"), ("grpo", "GRPO")]
+# GRPO runs that differ only in --reward (pipeline.py --grpo-ablations); the judge run is an ablation
+GRPO_RUNS = [("grpo", "GRPO, mixed rewards (default)"), ("grpo-verifier", "GRPO, verifier only"),
+             ("grpo-judge", "GRPO, gold judge (ablation: a perfect reward model)")]
 LARGER = ("sft-4x", "SFT of a 4x larger base")
 
 # (row label, metric key, how to read it)
@@ -38,6 +45,26 @@ CAPABILITIES = [
 def _read_json(path):
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _stage_eval(stage_dir: Path, refused: list) -> tuple[dict | None, list]:
+    """(eval.json, samples.jsonl rows) of a stage, if they were written for the weights now in its checkpoint.
+    Results of other weights (a stage rerun without evaluating, files copied by hand) are refused: the reason
+    goes into `refused` and is printed, and the stage counts as not evaluated."""
+    try:
+        ev = _read_json(stage_dir / "eval.json")
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        ev, why = {}, f"it is not valid JSON ({e})"
+    else:
+        if ev is None:
+            return None, []
+        why = (stamp_mismatch(stage_dir, ev.get("written_for")) if isinstance(ev, dict)
+               else "it is not a JSON object")
+    if why is not None:
+        refused.append(f"{stage_dir / 'eval.json'}: {why}; rerun the stage's evaluation")
+        print(f"report: ignoring {refused[-1]}")
+        return None, []
+    return ev, _read_jsonl(stage_dir / "samples.jsonl")
 
 
 def _read_jsonl(path):
@@ -179,6 +206,7 @@ def plot_stage_curves(ckpt_dir: Path, path: Path):
         ("rm", ["loss", "accuracy", "val_accuracy"]),
         ("ppo", ["rm_score", "gold_score", "kl"]),
         ("dpo", ["loss", "rewards/margin", "val_accuracy"]),
+        ("grpo", ["reward", "accuracy", "zero_var_groups", "kl"]),
     ]
     panels = [(s, k) for s, k in panels if (ckpt_dir / s / "log.jsonl").exists()]
     if not panels:
@@ -200,15 +228,87 @@ def plot_stage_curves(ckpt_dir: Path, path: Path):
     return True
 
 
+def plot_pass_at_k(curves: dict, path: Path):
+    """pass@k against k (log scale) for every model with a passk.json: {label: {"k": [...], "pass_at_k": [...]}}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pk in curves.items():
+        ax.plot(pk["k"], [100 * v for v in pk["pass_at_k"]], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(next(iter(curves.values()))["k"])
+    ax.get_xaxis().set_major_formatter(plt.ScalarFormatter())
+    ax.set_xlabel("k (samples per prompt, temperature 1)")
+    ax.set_ylabel("pass@k (%): some sample correct")
+    ax.set_ylim(0, 100)
+    ax.set_title("pass@k on held-out fact and skill prompts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def grpo_section(d: Path) -> list[str]:
+    """Section 7: the GRPO runs beside SFT (sampled accuracy = pass@1, win rate, refusals, KL), and the pass@k
+    curves of every model that has a passk.json, with what they show in numbers. Evaluations of other weights
+    are refused (see _stage_eval), with the reason."""
+    lines = ["## 7. RL with verifiable rewards: GRPO and pass@k", ""]
+    passk = {s: _read_json(d / s / "passk.json") for s, _ in POLICIES + GRPO_RUNS[1:]}
+    refused = []
+    evals = {s: _stage_eval(d / s, refused)[0] for s, _ in [("sft", "")] + GRPO_RUNS}
+    lines += [f"Refused: {r}" for r in refused if "/grpo" in r] + ([""] if refused else [])
+    runs = [(s, name) for s, name in [("sft", "SFT (where every run starts)")] + GRPO_RUNS if evals[s]]
+    if not any(s.startswith("grpo") for s, _ in runs):
+        return lines + ["(missing: run train_grpo.py)", ""]
+    lines += ["Sampled accuracy is pass@1: the share of temperature-1 answers to held-out fact and skill prompts that "
+              "are right. The judge run uses the gold judge as its reward: an ablation, not a method.", "",
+              "| run | sampled accuracy (pass@1) | pass@64 | greedy accuracy | win rate vs SFT | harmful refused | "
+              "harmless refused | KL to SFT |", "|---|---|---|---|---|---|---|---|"]
+    for s, name in runs:
+        ev, pk = evals[s], passk.get(s)
+        p1 = _fmt(pk["pass_at_k"][0], True) if pk else "–"
+        pn = _fmt(pk["pass_at_k"][-1], True) + ("" if pk["k"][-1] == 64 else f" (k={pk['k'][-1]})") if pk else "–"
+        win = "50% (itself)" if s == "sft" else _fmt(ev.get("win_rate_vs_sft"), True)
+        kl = "0" if s == "sft" else _fmt(ev.get("kl_to_sft"))
+        lines.append(f"| {name} | {p1} | {pn} | {_fmt(ev.get('accuracy'), True)} | {win} | "
+                     f"{_fmt(ev.get('harmful_refusal_rate'), True)} | {_fmt(ev.get('benign_refusal_rate'), True)} | {kl} |")
+    lines.append("")
+    curves = {name: passk[s] for s, name in POLICIES + GRPO_RUNS[1:] if passk.get(s)}
+    if curves:
+        plot_pass_at_k(curves, d / "pass_at_k.png")
+        lines += ["![pass@k](pass_at_k.png)", "", "| model | " + " | ".join(f"pass@{k}" for k in next(iter(curves.values()))["k"])
+                  + " |", "|---|" + "---|" * len(next(iter(curves.values()))["k"])]
+        lines += [f"| {name} | " + " | ".join(_fmt(v, True) for v in pk["pass_at_k"]) + " |" for name, pk in curves.items()]
+        lines.append("")
+        sft, grpo = passk.get("sft"), passk.get("grpo")
+        if sft and grpo and sft["k"] == grpo["k"]:
+            d1 = 100 * (grpo["pass_at_k"][0] - sft["pass_at_k"][0])
+            dn = 100 * (grpo["pass_at_k"][-1] - sft["pass_at_k"][-1])
+            k = sft["k"][-1]
+            lines += [f"What they show: GRPO moved pass@1 by {d1:+.1f} points ({100 * sft['pass_at_k'][0]:.1f}% → "
+                      f"{100 * grpo['pass_at_k'][0]:.1f}%) and pass@{k} by {dn:+.1f} points "
+                      f"({100 * sft['pass_at_k'][-1]:.1f}% → {100 * grpo['pass_at_k'][-1]:.1f}%). "
+                      + ("RL made the model say what it could already say more often: one sample now gets much of what "
+                         f"{k} samples of SFT got, while the share of prompts that some sample answers right barely moved "
+                         "(it teaches no new facts; Yue et al. 2025 measured the same on math)."
+                         if abs(dn) < max(5.0, abs(d1) / 3) else
+                         f"pass@{k} moved too: here RL changed which prompts any sample gets right, not only how often "
+                         "-- see docs/grpo.md for why this can happen in a small world."), ""]
+    return lines
+
+
 def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     """Write ckpt_dir/report.md and its PNGs from the stages' outputs. Missing stages are marked missing."""
     d = Path(ckpt_dir)
-    evals = {s: _read_json(d / s / "eval.json") for s, _ in POLICIES + [LARGER]}
-    samples = {s: _read_jsonl(d / s / "samples.jsonl") for s, _ in POLICIES + [LARGER]}
+    refused = []
+    stage_evals = {s: _stage_eval(d / s, refused) for s, _ in POLICIES + [LARGER, ("ppo-nokl", "")]}
+    evals = {s: ev for s, (ev, _) in stage_evals.items()}
+    samples = {s: rows for s, (_, rows) in stage_evals.items()}
     present = [(s, name) for s, name in POLICIES if evals[s]]
     lines = ["# minipost report", "",
              "Built by `python -m minipost.report` from the stages' `eval.json`, `samples.jsonl` and logs. "
              "All numbers are the gold judge's, on held-out prompts the SFT and preference data never showed.", ""]
+    lines += [f"Refused: {r}" for r in refused] + ([""] if refused else [])
 
     # 1. the capability table
     lines += ["## 1. What each stage changes (a capability table, measured)", ""]
@@ -233,7 +333,7 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
         plot_win_rates(rates, d / "win_rates.png")
         lines += ["![win rates](win_rates.png)", ""]
         lines += [f"- {k}: {100 * v:.1f}% (greedy answers: {100 * greedy_rates[k]:.1f}%)" for k, v in rates.items()]
-        small = [rates.get(n) for n in ("PPO", "DPO") if rates.get(n) is not None]
+        small = [rates.get(n) for n in ("PPO", "DPO", "GRPO") if rates.get(n) is not None]
         if LARGER[1] in rates and small:
             big = rates[LARGER[1]]
             verdict = "beats" if max(small) > big else "does not beat"
@@ -247,7 +347,7 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     # 3. frontier
     ppo_points = []
     for run, beta_label in (("ppo", None), ("ppo-nokl", "beta 0")):
-        ev = evals.get(run) or _read_json(d / run / "eval.json")
+        ev = evals.get(run)
         cfg = _read_json(d / run / "config.json")
         if ev and ev.get("kl_to_sft") is not None:
             beta = cfg["args"]["kl_coef"] if cfg else None
@@ -315,6 +415,7 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
                         text = y["response"].replace("\n", " ⏎ ")[:200]
                         lines.append(f"- {name} ({y['score']:+.2f}): `{text}`")
                 lines.append("")
+    lines += grpo_section(d)
     out = d / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -329,7 +329,8 @@ def test_prepare_output_dir(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(CheckpointError, match=f"--resume: no checkpoint at {out}"):
         ck.prepare_output_dir(out, resume=True, overwrite=False)
-    assert ck.prepare_output_dir(out, resume=False, overwrite=False) == out and out.is_dir()
+    assert ck.prepare_output_dir(out, resume=False, overwrite=False) == out
+    assert not out.exists()  # created by the first save: a run that fails on its data leaves nothing
     assert not ck.has_checkpoint(out)
     ck.save_checkpoint(out, Tiny(), {})
     assert ck.has_checkpoint(out)
@@ -383,18 +384,106 @@ def test_interrupted_save_before_any_rename_keeps_old_checkpoint(tmp_path, monke
                                                       "train_state.pt"]  # temps cleaned up
 
 
-@pytest.mark.parametrize("crash_at", [2, 3])  # after the weights / after weights + train state
-def test_interrupted_save_between_renames_fails_loudly(tmp_path, monkeypatch, crash_at):
+@pytest.mark.parametrize("crash_at", [4, 5, 6])  # after the commit: during the renames into place
+def test_interrupted_save_after_its_commit_loads_the_new_checkpoint(tmp_path, monkeypatch, crash_at):
     ckpt = tmp_path / "ckpt"
     ck.save_checkpoint(ckpt, Tiny(), {"step": 1}, train_state={"step": 1})
+    new = Tiny()
     calls = fail_on_replace_call(monkeypatch, crash_at)
     with pytest.raises(OSError, match="simulated crash"):
-        ck.save_checkpoint(ckpt, Tiny(), {"step": 2}, train_state={"step": 2})
+        ck.save_checkpoint(ckpt, new, {"step": 2}, train_state={"step": 2})
     monkeypatch.undo()
-    assert [p.name for p in calls] == ["model.safetensors", "train_state.pt", "config.json"][:crash_at]
-    # The old config.json no longer vouches for the new weights: loud error, never a silent mix.
-    with pytest.raises(CheckpointError, match="model.safetensors was modified or comes from another"):
-        ck.load_checkpoint(ckpt)
-    if crash_at == 3:
-        with pytest.raises(CheckpointError, match="train_state.pt was modified or comes from"):
-            ck.load_train_state(ckpt)
+    assert [p.name for p in calls][3:] == ["model.safetensors", "train_state.pt", "log.jsonl"][:crash_at - 3]
+    state_dict, config = ck.load_checkpoint(ckpt)  # finishes the committed save first
+    assert config == {"step": 2} and ck.load_train_state(ckpt) == {"step": 2}
+    assert torch.equal(state_dict["wte.weight"], new.wte.weight)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.safetensors", "train_state.pt"]
+
+
+def kill_save_at(ckpt, model, config, train_state, n):
+    """Run save_checkpoint in a forked child that dies (os._exit: no cleanup runs) at its n-th rename."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        real, count = os.replace, [0]
+
+        def replace(src, dst):
+            count[0] += 1
+            if count[0] == n:
+                os._exit(7)
+            return real(src, dst)
+
+        os.replace = replace
+        try:
+            ck.save_checkpoint(ckpt, model, config, train_state)
+        finally:
+            os._exit(0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_save_killed_between_any_two_files_leaves_old_or_new_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    old, new = Tiny(), Tiny()
+    outcomes = []
+    for n in range(1, 9):
+        ckpt = tmp_path / f"kill{n}"
+        ck.save_checkpoint(ckpt, old, {"step": 1}, train_state={"step": 1})
+        (ckpt / "log.jsonl").write_text('{"step": 0}\n')
+        (ckpt / "eval.json").write_text("{}")  # the old weights' evaluation
+        code = kill_save_at(ckpt, new, {"step": 2}, {"step": 2}, n)
+        # Whatever was killed: one whole checkpoint loads, weights, state and config from the same save.
+        state_dict, config = ck.load_checkpoint(ckpt)
+        model = old if config["step"] == 1 else new
+        assert torch.equal(state_dict["wte.weight"], model.wte.weight), n
+        assert ck.load_train_state(ckpt) == {"step": config["step"]}, n
+        assert (ckpt / "eval.json").exists() == (config["step"] == 1), n  # stale results go with the weights
+        ck.prepare_output_dir(ckpt, resume=True, overwrite=False)  # the next run cleans the leftovers
+        names = sorted(p.name for p in ckpt.iterdir())
+        assert names == sorted(["config.json", "model.safetensors", "train_state.pt", "log.jsonl"]
+                               + (["eval.json"] if config["step"] == 1 else [])), (n, names)
+        outcomes.append((code, config["step"]))
+    # killed before the commit (3 renames: weights, state, config.json.new) -> old; after it (the renames
+    # of weights, state, log -- absent here, still tried -- and config) -> new; n = 8 is a whole save.
+    assert outcomes == [(7, 1)] * 3 + [(7, 2)] * 4 + [(0, 2)]
+
+
+def append_rows(out, steps):
+    with open(ck.live_log(out), "a") as f:
+        f.writelines(json.dumps({"step": s}) + "\n" for s in steps)
+
+
+def logged_steps(out):
+    return [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_killed_overwrite_run_keeps_the_old_log_until_its_first_save(tmp_path):
+    out = tmp_path / "run"
+    ck.save_checkpoint(out, Tiny(), {"step": 3})
+    (out / "log.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(3)))
+    # an --overwrite run logs two steps, then is killed before it saves
+    ck.prepare_output_dir(out, resume=False, overwrite=True)
+    assert ck.start_log(out, 0).name == "log.jsonl.new"
+    append_rows(out, [0, 1])
+    assert logged_steps(out) == [0, 1, 2]  # the old checkpoint's log, untouched
+    ck.prepare_output_dir(out, resume=False, overwrite=True)  # the next run: the dead run's log is gone
+    assert not (out / "log.jsonl.new").exists() and logged_steps(out) == [0, 1, 2]
+    # this one saves: its log is committed with its checkpoint, later rows go to log.jsonl
+    ck.start_log(out, 0)
+    append_rows(out, [0])
+    ck.save_checkpoint(out, Tiny(), {"step": 1})
+    assert ck.live_log(out).name == "log.jsonl"
+    append_rows(out, [1])
+    assert logged_steps(out) == [0, 1] and not (out / "log.jsonl.new").exists()
+
+
+def test_resumed_log_has_every_step_once(tmp_path):
+    out = tmp_path / "run"
+    ck.start_log(out, 0)
+    append_rows(out, range(4))
+    ck.save_checkpoint(out, Tiny(), {"step": 4})
+    append_rows(out, range(4, 7))  # saved after 4 steps, killed while logging step 7: a torn last line
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')
+    assert ck.start_log(out, 4) == out / "log.jsonl"
+    append_rows(out, range(4, 9))
+    assert logged_steps(out) == list(range(9))

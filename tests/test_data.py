@@ -6,13 +6,16 @@ out literally, one comment per row (STYLE.md).
 
 import gzip
 import json
+import socket
 
 import pytest
 import torch
 
-from minipost.data import (DataError, collate, encode_example, encode_examples, encode_pairs,
-                           last_token_index, load_pairs, load_prompts, load_sft, read_records,
-                           render_conversation, split_hh, split_holdout)
+import minipost.data as data
+from minipost.data import (DataError, collate, data_fingerprint, encode_example, encode_examples, encode_pairs,
+                           encode_prompts, fixed_subset, last_token_index, load_pairs, load_prompts, load_sft,
+                           read_records, render_conversation, split_hh, split_holdout)
+from minipost.download import git_blob_sha1_of, sha256_of
 from minipost.tokenizer import Tokenizer, chat_prompt
 
 
@@ -103,7 +106,7 @@ def test_bom_crlf_and_blank_lines_accepted(tmp_path):
     assert read_records(path) == [(1, {"prompt": "a", "response": "b"}), (3, {"prompt": "c", "response": "d"})]
     examples, stats = load_sft(str(path))
     assert [e["response"] for e in examples] == ["b", "d"]  # no stray "\r"
-    assert stats == {"read": 2, "examples": 2, "dropped_empty": 0}
+    assert stats == {"read": 2, "examples": 2, "dropped_empty": 0, "dropped_no_answer": 0}
     # a BOM in a .json array too
     path = write(tmp_path, "ok.json", b'\xef\xbb\xbf[{"instruction": "a", "input": "", "output": "b"}]')
     assert read_records(path) == [(1, {"instruction": "a", "input": "", "output": "b"})]
@@ -144,7 +147,7 @@ def test_formats_detected_per_row(tmp_path):
          "response": "Cats purr."},
         {"prompt": "### Instruction:\nSay hi.\n\n### Response:\n", "response": "Hi!"},
     ]
-    assert stats == {"read": 5, "examples": 4, "dropped_empty": 1}
+    assert stats == {"read": 5, "examples": 4, "dropped_empty": 1, "dropped_no_answer": 0}
 
 
 def test_alpaca_json_array(tmp_path):
@@ -245,18 +248,90 @@ def test_ultrafeedback_lists_margin_and_identical_pairs(tmp_path):
     assert error_of(load_pairs, str(path)) == f"{path}:1: field 'margin' must be a number, got str"
 
 
-def test_named_datasets_read_from_the_cache_offline(tmp_path):
-    # Files placed by hand in the cache are used as they are: nothing is downloaded.
-    write(tmp_path, "alpaca_data.json", json.dumps([{"instruction": "a", "input": "", "output": "b"}]))
+def pin_to(monkeypatch, name, paths):
+    """Point the named dataset's pins at files this test wrote: each keeps its kind of pin (sha256 for a Git LFS
+    file, git blob hash for a plain one), so the checks run exactly as on the real files."""
+    files = []
+    for f, path in zip(data.DATASETS[name]["files"], paths):
+        pin = {"sha256": sha256_of(path)} if "sha256" in f else {"git_sha1": git_blob_sha1_of(path)}
+        files.append({"url": f["url"], "file": f["file"], **pin})
+    monkeypatch.setitem(data.DATASETS, name, {**data.DATASETS[name], "files": files})
+
+
+def hh_rows(name):
+    return [{"chosen": f"\n\nHuman: {name}?\n\nAssistant: yes", "rejected": f"\n\nHuman: {name}?\n\nAssistant: no"}]
+
+
+def test_named_datasets_read_from_the_cache_offline(tmp_path, monkeypatch):
+    # Files placed by hand in the cache are checked against their pins and used: nothing is downloaded.
+    alpaca = write(tmp_path, "alpaca_data.json", json.dumps([{"instruction": "a", "input": "", "output": "b"}]))
+    pin_to(monkeypatch, "alpaca", [alpaca])
     examples, _ = load_sft("alpaca", cache_dir=tmp_path)
     assert examples == [{"prompt": chat_prompt("a"), "response": "b"}]
-    for name in ("harmless", "helpful"):
-        row = {"chosen": f"\n\nHuman: {name}?\n\nAssistant: yes", "rejected": f"\n\nHuman: {name}?\n\nAssistant: no"}
-        write(tmp_path, f"hh-rlhf-{name}-base-train.jsonl.gz", gzip.compress(jsonl([row]).encode()))
+    hh = [write(tmp_path, f"hh-rlhf-{name}-base-train.jsonl.gz", gzip.compress(jsonl(hh_rows(name)).encode()))
+          for name in ("harmless", "helpful")]
+    pin_to(monkeypatch, "hh-rlhf", hh)
     pairs, stats = load_pairs("hh-rlhf", cache_dir=tmp_path)
     assert [p["prompt"] for p in pairs] == [chat_prompt("harmless?"), chat_prompt("helpful?")]
     prompts, _ = load_prompts("hh-rlhf", cache_dir=tmp_path)
     assert prompts == [{"prompt": chat_prompt("harmless?")}, {"prompt": chat_prompt("helpful?")}]
+    # the checkpoint's record of the data: every file with its size and sha256
+    fp = data_fingerprint("hh-rlhf", cache_dir=tmp_path)
+    assert fp == {"source": "hh-rlhf", "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_of(p)}
+                                                 for p in hh]}
+    assert data_fingerprint("world") == {"source": "world", "files": []}
+
+
+def test_pins_are_fixed_commits_with_a_checksum():
+    # A URL on a branch (main, master) can change under a run; every file names a commit and carries a pin.
+    for name, spec in data.DATASETS.items():
+        for f in spec["files"]:
+            parts = f["url"].split("/")
+            assert "main" not in parts and "master" not in parts, f["url"]
+            assert any(len(part) == 40 and all(c in "0123456789abcdef" for c in part) for part in parts), f["url"]
+            assert len(f.get("sha256", "")) == 64 or len(f.get("git_sha1", "")) == 40, (name, f)
+
+
+def test_a_cached_file_that_does_not_match_its_pin_is_refused(tmp_path):
+    path = write(tmp_path, "alpaca_data.json", json.dumps([{"instruction": "a", "input": "", "output": "b"}]))
+    msg = error_of(load_sft, "alpaca", tmp_path)
+    assert msg.startswith(f"{path}: git blob hash {git_blob_sha1_of(path)} does not match the pinned 3779ddbc")
+    assert msg.endswith("or pass a file you have as --data PATH")
+    assert path.read_text().startswith("[")  # refused, not replaced
+
+
+def test_offline_names_every_missing_file_at_once(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a loopback port nobody listens on: a refused connection, like no network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    files = [{**f, "url": f"http://127.0.0.1:{port}/{f['file']}"} for f in data.DATASETS["hh-rlhf"]["files"]]
+    monkeypatch.setitem(data.DATASETS, "hh-rlhf", {**data.DATASETS["hh-rlhf"], "files": files})
+    msg = error_of(load_pairs, "hh-rlhf", tmp_path)
+    assert "\n" not in msg and msg.startswith("could not download hh-rlhf (")
+    assert "download these 2 files on a machine with network and place them here: " in msg
+    for f in files:
+        assert f"{f['url']} -> {tmp_path / f['file']}" in msg
+    # with the first file in place (and matching its pin), only the second is named
+    placed = write(tmp_path, files[0]["file"], gzip.compress(jsonl(hh_rows("harmless")).encode()))
+    files[0] = {"url": files[0]["url"], "file": files[0]["file"], "git_sha1": git_blob_sha1_of(placed)}
+    monkeypatch.setitem(data.DATASETS, "hh-rlhf", {**data.DATASETS["hh-rlhf"], "files": files})
+    msg = error_of(load_pairs, "hh-rlhf", tmp_path)
+    assert "download this file on a machine with network and place it here: " in msg
+    assert files[0]["url"] not in msg and f"{files[1]['url']} -> {tmp_path / files[1]['file']}" in msg
+
+
+def test_prompts_from_a_preference_file_and_no_usable_prompt(tmp_path):
+    # PPO's --prompts takes the same HH-RLHF .jsonl.gz the reward model trained on
+    path = write(tmp_path, "hh.jsonl.gz", gzip.compress(jsonl(hh_rows("Hi") + hh_rows("Hi") + hh_rows("Yo")).encode()))
+    prompts, stats = load_prompts(str(path))
+    assert prompts == [{"prompt": chat_prompt("Hi?")}, {"prompt": chat_prompt("Yo?")}]
+    assert stats == {"read": 3, "prompts": 2, "dropped_empty": 0, "dropped_duplicate": 1}
+    path = write(tmp_path, "pairs.jsonl", jsonl([{"prompt": "Q", "chosen": "a", "rejected": "b"}]))
+    assert load_prompts(str(path))[0] == [{"prompt": chat_prompt("Q")}]
+    # nothing usable: one DataError naming the file and what was dropped
+    path = write(tmp_path, "empty.jsonl", jsonl([{"prompt": ""}, {"prompt": "  "}]))
+    expected = f"no usable prompts in {path} (2 rows read, 2 with an empty instruction)"
+    assert error_of(load_prompts, str(path)) == expected
 
 
 # -----------------------------------------------------------------------------
@@ -269,6 +344,17 @@ def test_joining_rule_and_literal_endoftext(tok):
     assert n_prompt == len(tok.encode(prompt))
     assert ids.count(tok.eos_id) == 1 and ids[-1] == tok.eos_id  # the literal text is never the EOS id
     assert tok.decode(ids[n_prompt:]) == response  # round-trips (decode drops the final EOS)
+
+
+def test_encode_prompts_left_truncates_and_counts(tok):
+    short, long = chat_prompt("Hi"), chat_prompt("word " * 50 + "What is 2+2?")
+    budget = len(tok.encode(short))
+    ids, stats = encode_prompts(tok, [short, long], max_prompt_tokens=budget)
+    assert ids[0] == tok.encode(short)  # exactly the budget: untouched
+    assert ids[1] == tok.encode(long)[-budget:]  # the END is kept: the question and "### Response:\n"
+    assert stats == {"prompts": 2, "prompt_truncated": 1}
+    with pytest.raises(ValueError, match="at least 1"):
+        encode_prompts(tok, [short], max_prompt_tokens=0)
 
 
 def test_long_prompt_is_left_truncated(tok):
@@ -394,6 +480,18 @@ def test_last_token_index_pitfall_and_bad_input():
 # -----------------------------------------------------------------------------
 # splitting and batching
 
+def test_unique_prompts_of_examples_and_pairs():
+    examples = [([1, 2, 3, 9], 3), ([1, 2, 3, 8, 8], 3), ([4, 5], 1)]  # two answers to prompt [1, 2, 3]
+    assert data.unique_prompts(examples) == [[1, 2, 3], [4]]
+    pairs = [data.EncodedPair([7, 1, 2], [7, 3], 1, 0.0), data.EncodedPair([6, 6, 1], [6, 6, 2], 2, 0.0)]
+    assert data.unique_prompts(pairs) == [[7], [6, 6]]
+
+
+def test_fixed_subset_spreads_over_the_list():
+    assert fixed_subset(list(range(10)), 4) == [0, 2, 5, 7]  # i * 10 // 4 for i = 0..3
+    assert fixed_subset(list(range(10)), 0) == list(range(10)) and fixed_subset([1, 2], 5) == [1, 2]
+
+
 def test_split_holdout_is_deterministic_and_disjoint():
     items = list(range(100))
     train, held = split_holdout(items, frac=0.05, seed=0)
@@ -423,3 +521,17 @@ def test_render_conversation_needs_a_final_user_turn():
     assert render_conversation([{"role": "user", "content": "Hi"}]) == chat_prompt("Hi")
     with pytest.raises(ValueError):
         render_conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+
+
+def test_directory_deep_nesting_and_answerless_chat_rows(tmp_path):
+    folder = tmp_path / "demos.jsonl"
+    folder.mkdir()
+    assert error_of(load_sft, str(folder)) == f"{folder} is a directory; give a .json or .jsonl file"
+    deep = write(tmp_path, "deep.jsonl", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+    assert error_of(load_sft, str(deep)) == f"{deep}:1: JSON nested too deeply to read"
+    deep = write(tmp_path, "deep.json", b"[" * 100_000 + b"]" * 100_000)
+    assert error_of(load_sft, str(deep)) == f"{deep}: JSON nested too deeply to read"
+    rows = [{"messages": [{"role": "user", "content": "Hi"}]},  # nothing to learn from: counted
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    examples, stats = load_sft(str(write(tmp_path, "chat.jsonl", jsonl(rows))))
+    assert len(examples) == 1 and stats["read"] == 2 and stats["dropped_no_answer"] == 1

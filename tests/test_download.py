@@ -142,3 +142,47 @@ def test_stalled_server_times_out(server, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="timed out"):
         download_file(f"{server.base}/slow", tmp_path / "x.bin")
     assert leftovers(tmp_path) == []
+
+
+def test_git_blob_hash_is_what_git_computes(tmp_path):
+    # known answers: `printf '' | git hash-object --stdin` and `printf 'hello\n' | git hash-object --stdin`
+    empty, hello = tmp_path / "empty", tmp_path / "hello"
+    empty.write_bytes(b"")
+    hello.write_bytes(b"hello\n")
+    assert download.git_blob_sha1_of(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert download.git_blob_sha1_of(hello) == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+def test_git_blob_pin_checks_the_download_and_an_existing_file(server, tmp_path):
+    good = hashlib.sha1(f"blob {len(BODY)}\0".encode() + BODY).hexdigest()
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DownloadError, match=f"git blob hash {good} does not match the pinned {'1' * 40}"):
+        download_file(f"{server.base}/file", dest, git_sha1="1" * 40)
+    assert leftovers(tmp_path) == []  # a mismatch saves nothing
+    download_file(f"{server.base}/file", dest, git_sha1=good)
+    assert dest.read_bytes() == BODY and leftovers(tmp_path) == ["data.bin"]  # pinned: no sidecar
+    download_file(f"{server.base}/file", dest, git_sha1=good)
+    assert server.requests == ["/file", "/file"]  # the good copy was not fetched again
+    dest.write_bytes(b"edited")
+    with pytest.raises(DownloadError, match="does not match the pinned"):
+        download_file(f"{server.base}/file", dest, git_sha1=good)
+    assert dest.read_bytes() == b"edited"
+
+
+def test_download_all_names_every_missing_file_once(server, tmp_path):
+    files = [{"url": f"{server.base}/missing-a", "dest": tmp_path / "a.bin"},
+             {"url": f"{server.base}/file", "dest": tmp_path / "b.bin", "sha256": BODY_SHA},
+             {"url": f"{server.base}/missing-c", "dest": tmp_path / "c.bin"}]
+    with pytest.raises(DownloadError) as e:
+        download.download_all(files, desc="set")
+    msg = str(e.value)
+    assert msg.startswith("could not download set (HTTP 404 Not Found). If this machine is offline, download these "
+                          "3 files on a machine with network and place them here: ")
+    for f in files:
+        assert f"{f['url']} -> {f['dest']}" in msg
+    # after the first failure, the network is not tried again (offline, each try could wait for a timeout)
+    assert server.requests == ["/missing-a"] and leftovers(tmp_path) == []
+    (tmp_path / "a.bin").write_bytes(b"placed by hand")
+    (tmp_path / "c.bin").write_bytes(b"placed by hand")
+    assert download.download_all(files, desc="set") == [f["dest"] for f in files]
+    assert (tmp_path / "b.bin").read_bytes() == BODY

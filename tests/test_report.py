@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from minipost import checkpoint as ckpt
 from minipost import common, evaluate
 from minipost.model import GPT, GPTConfig
 from minipost.report import build_report, win_rate_from_samples
@@ -162,6 +163,13 @@ def test_win_rate_from_samples_uses_the_samples_and_greedy_on_request():
     assert win_rate_from_samples(ours, []) is None
 
 
+def _stage(d: Path, stage: str, metrics: dict, samples: list, config: dict | None = None, seed: int = 0):
+    """A stage directory as the scripts leave it: a checkpoint (random tiny weights), then its evaluation."""
+    torch.manual_seed(seed)
+    ckpt.save_checkpoint(d / stage, torch.nn.Linear(2, 2), config or {})
+    evaluate.write_eval(d / stage, {"metrics": metrics, "samples": samples, "settings": {}})
+
+
 def test_report_from_synthetic_outputs(tmp_path):
     d = tmp_path
     evals = {
@@ -173,19 +181,17 @@ def test_report_from_synthetic_outputs(tmp_path):
                 "kl_to_sft": 1.89},
         "sft-4x": {"format_rate": 0.99, "gold_score": 0.3},
     }
-    for s, ev in evals.items():
-        _write(d / s / "eval.json", ev)
-    _write_jsonl(d / "base" / "samples.jsonl", _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
-    _write_jsonl(d / "sft" / "samples.jsonl", _samples([1.0, -1.0], [[1.0, -1.0], [-1.0, -1.0]]))  # 1 win, 3 ties
-    _write_jsonl(d / "ppo" / "samples.jsonl", _samples([1.0, 1.0], [[1.0, 1.0], [1.0, -1.0]]))  # 3 wins, 1 tie
-    _write_jsonl(d / "dpo" / "samples.jsonl", _samples([1.0, 1.0], [[1.0, 1.0], [1.0, 1.0]]))
-    _write_jsonl(d / "sft-4x" / "samples.jsonl", _samples([1.0, -1.0], [[1.0, -1.0], [1.0, -1.0]]))
+    _stage(d, "base", evals["base"], _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
+    _stage(d, "sft", evals["sft"], _samples([1.0, -1.0], [[1.0, -1.0], [-1.0, -1.0]]))  # 1 win, 3 ties
+    _stage(d, "ppo", evals["ppo"], _samples([1.0, 1.0], [[1.0, 1.0], [1.0, -1.0]]),  # 3 wins, 1 tie
+           config={"args": {"kl_coef": 0.3}})
+    _stage(d, "dpo", evals["dpo"], _samples([1.0, 1.0], [[1.0, 1.0], [1.0, 1.0]]))
+    _stage(d, "sft-4x", evals["sft-4x"], _samples([1.0, -1.0], [[1.0, -1.0], [1.0, -1.0]]))
     _write_jsonl(d / "sft" / "log.jsonl", [{"step": i, "loss": 3.0 - i, "val_loss": 3.1 - i} for i in range(3)])
     _write_jsonl(d / "ppo" / "log.jsonl", [{"step": i, "rm_score": 0.1 * i, "gold_score": 0.05 * i, "kl": 0.2 * i}
                                            for i in range(4)])
     _write_jsonl(d / "ppo-nokl" / "log.jsonl", [{"step": i, "rm_score": 0.3 * i, "gold_score": -i / 10, "kl": i}
                                                 for i in range(8)])
-    _write(d / "ppo" / "config.json", {"args": {"kl_coef": 0.3}})
     _write(d / "dpo" / "sweep.json", [{"beta": 0.03, "gold_score": 0.1, "gold_score_sampled": -0.2, "kl_to_sft": 2.5}])
 
     report = build_report(d).read_text()
@@ -207,6 +213,37 @@ def test_report_from_synthetic_outputs(tmp_path):
     assert "| PPO | beta 0.3 | 0.61 | 0.050 |" in report
     # means of the first and the last five iterations (0-4 and 3-7)
     assert "| no KL penalty | 8 | 0.60 → 1.50 | -0.200 → -0.500 | 2.00 → 5.00 |" in report
+
+
+def test_report_refuses_evaluations_of_other_weights(tmp_path):
+    d = tmp_path
+    for stage in ("base", "sft"):
+        _stage(d, stage, {"format_rate": 0.5}, _samples([1.0], [[1.0]]))
+    assert "| 50% | 50% |" in build_report(d).read_text()
+    # sft's weights replaced after its evaluation (a rerun that skipped evaluating): its numbers are refused
+    ckpt.save_checkpoint(d / "sft", torch.nn.Linear(2, 2), {})
+    _write(d / "sft" / "eval.json", {"format_rate": 0.5, "written_for": {"model.safetensors": "0" * 64}})
+    report = build_report(d).read_text()
+    assert f"Refused: {d / 'sft' / 'eval.json'}: it was written for other weights (sha256 000000000000..." in report
+    assert "| answers in the assistant format | 50% |\n" in report  # base only
+    (d / "sft" / "eval.json").write_text("[" * 100_000)  # corrupt, and nested too deeply for the parser
+    assert f"Refused: {d / 'sft' / 'eval.json'}: it is not valid JSON" in build_report(d).read_text()
+    # samples.jsonl edited after eval.json vouched for it
+    (d / "base" / "samples.jsonl").write_text("")
+    assert f"{d / 'base' / 'eval.json'}: samples.jsonl is missing or was changed" in build_report(d).read_text()
+
+
+def test_save_that_changes_the_weights_removes_their_evaluation(tmp_path):
+    d = tmp_path
+    _stage(d, "sft", {"format_rate": 0.5}, _samples([1.0], [[1.0]]))
+    (d / "sft" / "sweep.json").write_text("[]")
+    torch.manual_seed(0)
+    same = torch.nn.Linear(2, 2)
+    ckpt.save_checkpoint(d / "sft", same, {"step": 1})  # same weights again: the evaluation still holds
+    assert (d / "sft" / "eval.json").exists() and (d / "sft" / "samples.jsonl").exists()
+    ckpt._written_here.clear()  # as in a later process: these results are not the new run's own
+    ckpt.save_checkpoint(d / "sft", torch.nn.Linear(2, 2), {})  # new weights: stale results removed
+    assert sorted(p.name for p in (d / "sft").iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_report_marks_missing_stages(tmp_path):
