@@ -41,8 +41,9 @@ class Exercise:
     tests: tuple[str, ...]  # pytest node ids that grade it
 
 
-T_MODEL, T_LOSSES, T_LOGP, T_DATA, T_MATH = ("tests/test_model.py", "tests/test_losses.py", "tests/test_logprobs.py",
-                                             "tests/test_data.py", "tests/test_stage_math.py")
+T_MODEL, T_LOSSES, T_LOGP, T_DATA, T_MATH, T_GRPO = (
+    "tests/test_model.py", "tests/test_losses.py", "tests/test_logprobs.py", "tests/test_data.py",
+    "tests/test_stage_math.py", "tests/test_grpo.py")
 
 # Course order: the model, then the data masks, then each stage's math in pipeline order.
 EXERCISES = [
@@ -80,6 +81,13 @@ EXERCISES = [
     Exercise("ppo_clip", "train_ppo.py", (f"{T_LOSSES}::test_clipped_surrogate_table",)),
     Exercise("value_clip", "train_ppo.py",
              (f"{T_LOSSES}::test_value_loss_clipping", f"{T_MATH}::test_value_loss_takes_the_larger_error")),
+    Exercise("group_advantages", "train_grpo.py",
+             (f"{T_GRPO}::test_grpo_advantages_by_hand", f"{T_GRPO}::test_dr_grpo_advantages_by_hand",
+              f"{T_GRPO}::test_rloo_advantages_by_hand",
+              f"{T_GRPO}::test_groups_are_consecutive_rows_and_unknown_estimator_fails")),
+    Exercise("loss_aggregation", "train_grpo.py",
+             (f"{T_GRPO}::test_loss_aggregations_by_hand",
+              f"{T_GRPO}::test_grpo_loss_at_ratio_one_is_minus_the_mean_advantage")),
 ]
 BY_NAME = {e.name: e for e in EXERCISES}
 
