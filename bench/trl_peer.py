@@ -67,7 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", default="", choices=["", "auto", "fp32", "bf16"],
                    help="auto = fp32 + bf16 autocast where fast; empty = auto, or fp32 with --quick")
     p.add_argument("--init", default="checkpoints/sft",
-                   help="minipost checkpoint for the tiny shape (random init when it does not exist); gpt2 is random init")
+                   help="minipost checkpoint for the tiny shape (random init when it does not exist); "
+                        "gpt2 is random init")
     p.add_argument("--warmup", type=common.nonneg_int, default=0,
                    help="untimed first steps of each side, whose losses are compared (0 = per shape: tiny 2, gpt2 2)")
     p.add_argument("--steps", type=common.nonneg_int, default=0,
@@ -171,7 +172,8 @@ def minipost_stepper(task, model, ref_lp, batches, hp, device, dtype, eos_id):
         batch = batches[k % len(batches)]
         opt.zero_grad(set_to_none=True)
         if task == "sft":
-            micro = [{key: v.to(device) for key, v in data.collate(g, eos_id).items()} for g in sft_order(batch, hp.micro_batch_size)]
+            micro = [{key: v.to(device) for key, v in data.collate(g, eos_id).items()}
+                     for g in sft_order(batch, hp.micro_batch_size)]
             n_targets = sum(train_sft.count_targets(b) for b in micro)
             loss_value = 0.0
             for b in micro:
@@ -270,10 +272,12 @@ def max_output_diff(task, ours, theirs, rows, eos_id, pad_id, device) -> float:
     b = {k: v.to(device) for k, v in data.collate(seqs, eos_id).items()}
     if task == "rm":
         ids = b["input_ids"].masked_fill(b["attention_mask"] == 0, pad_id)
-        diff = (ours.score(b["input_ids"], b["attention_mask"]) - theirs(input_ids=ids, attention_mask=b["attention_mask"]).logits[:, 0])
+        theirs_out = theirs(input_ids=ids, attention_mask=b["attention_mask"]).logits[:, 0]  # (B,)
+        diff = ours.score(b["input_ids"], b["attention_mask"]) - theirs_out
     else:
         mask = b["attention_mask"].bool()
-        diff = (ours(b["input_ids"], b["attention_mask"]) - theirs(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)[mask]
+        theirs_out = theirs(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits  # (B, T, V)
+        diff = (ours(b["input_ids"], b["attention_mask"]) - theirs_out)[mask]
     ours.train()
     theirs.train()
     return diff.abs().max().item()
@@ -293,7 +297,8 @@ def trl_dataset(task, batches, hp, datasets):
         return datasets.Dataset.from_dict(cols)
     for c, r, n, _ in flat:
         assert c[:n] == r[:n], "a pair's chosen and rejected must share the prompt"
-    return datasets.Dataset.from_dict({"prompt_ids": [c[:n] for c, _, n, _ in flat], "chosen_ids": [c[n:] for c, _, n, _ in flat],
+    return datasets.Dataset.from_dict({"prompt_ids": [c[:n] for c, _, n, _ in flat],
+                                       "chosen_ids": [c[n:] for c, _, n, _ in flat],
                                        "rejected_ids": [r[n:] for _, r, n, _ in flat]})
 
 
@@ -326,7 +331,8 @@ def trl_trainer(task, hf, batches, hp, device, dtype, tok_hf, trl, datasets, out
                       logging_steps=1, report_to="none", save_strategy="no", eval_strategy="no", disable_tqdm=True,
                       dataloader_num_workers=0, seed=0, max_steps=1, remove_unused_columns=False)
     opt = common.make_optimizer(hf, hp.lr, getattr(hp, "weight_decay", 0.0))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: common.lr_at(s, 1000, hp.lr, hp.warmup, hp.min_lr_ratio) / hp.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: common.lr_at(s, 1000, hp.lr, hp.warmup, hp.min_lr_ratio) / hp.lr)
     ds = trl_dataset(task, batches, hp, datasets)
     clock = StepClock()
     if task == "sft":
@@ -335,7 +341,8 @@ def trl_trainer(task, hf, batches, hp, device, dtype, tok_hf, trl, datasets, out
                                  callbacks=[clock])
     elif task == "rm":
         cfg = trl.RewardConfig(**common_cfg, max_length=None, center_rewards_coefficient=None)
-        trainer = trl.RewardTrainer(model=hf, args=cfg, train_dataset=ds, processing_class=tok_hf, optimizers=(opt, sched),
+        trainer = trl.RewardTrainer(model=hf, args=cfg, train_dataset=ds, processing_class=tok_hf,
+                                    optimizers=(opt, sched),
                                     callbacks=[clock])
     else:
         class PreTokenizedDPOTrainer(trl.DPOTrainer):
@@ -385,7 +392,8 @@ def build_side(side, task, shape, dtype, args, device, trl_mods):
     if task == "sft":
         hp.micro_batch_size = min(hp.micro_batch_size, B)
     info = {"source": source, "batch": B, "params": sum(p.numel() for p in model.parameters()), "lr": hp.lr,
-            "grad_clip": hp.grad_clip, "micro_batch": getattr(hp, "micro_batch_size", None), "beta": getattr(hp, "beta", None)}
+            "grad_clip": hp.grad_clip, "micro_batch": getattr(hp, "micro_batch_size", None),
+            "beta": getattr(hp, "beta", None)}
     if side == "minipost":
         ref_lp = dpo_reference(model, batches, device, dtype, tok.eos_id) if task == "dpo" else None
         step = minipost_stepper(task, model, ref_lp, batches, hp, device, dtype, tok.eos_id)
@@ -405,7 +413,8 @@ def build_side(side, task, shape, dtype, args, device, trl_mods):
     pad_id = cfg.vocab_size - 2 if task == "rm" else tok.eos_id
     info["fp32_max_diff"] = max_output_diff(task, model, hf, rows, tok.eos_id, pad_id, device)
     del model
-    trainer, losses, clock = trl_trainer(task, hf, batches, hp, device, dtype, hf_tokenizer(cfg.vocab_size, tok.eos_id, pad_id),
+    tok_hf = hf_tokenizer(cfg.vocab_size, tok.eos_id, pad_id)
+    trainer, losses, clock = trl_trainer(task, hf, batches, hp, device, dtype, tok_hf,
                                          trl, datasets, f"/tmp/minipost_trl_peer_{os.getpid()}")
     accum = trainer.args.gradient_accumulation_steps
     step_losses = []
@@ -447,7 +456,8 @@ def memory_children(args, task, shape, dname, device) -> dict:
     """{peak_mib_minipost, peak_mib_trl}: each side of one configuration in a fresh process (child())."""
     out = {}
     for side in ("minipost", "trl"):
-        child_args = ["--child", "--side", side, "--task", task, "--shape", shape, "--dtype", dname, "--init", args.init,
+        child_args = ["--child", "--side", side, "--task", task, "--shape", shape, "--dtype", dname,
+                      "--init", args.init,
                       "--device", str(device)] + (["--quick"] if args.quick else [])
         mem = benchlib.measure_in_child("trl_peer.py", child_args)
         out[f"peak_mib_{side}"] = mem and mem["delta_mib"]

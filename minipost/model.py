@@ -426,8 +426,8 @@ def is_pretrained_source(source: str) -> bool:
         return (path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()
     try:
         return "model_type" in json.loads((path / "config.json").read_text())
-    except (ValueError, UnicodeDecodeError):
-        return False  # not JSON: the checkpoint loader says what is wrong with it
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False  # not JSON (or nested too deeply): the checkpoint loader says what is wrong with it
 
 
 def _read_hf_config(path: Path) -> dict:
