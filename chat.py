@@ -1,5 +1,6 @@
 """
 Talk to any checkpoint, or compare several side by side.
+Teaches: what each stage changed, seen by asking every checkpoint the same question (greedy or sampled).
 
     python chat.py --model checkpoints/ppo                 # interactive: type an instruction, watch the answer stream
     python chat.py --compare checkpoints/base,checkpoints/sft,checkpoints/ppo,checkpoints/dpo \\

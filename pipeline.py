@@ -1,5 +1,6 @@
 """
 The whole post-training pipeline on the embedded default, in one command, then the report.
+Teaches: how the stages feed each other (base -> SFT -> RM -> PPO, SFT -> DPO) and what each adds, in one report.
 
     python pipeline.py                 # base -> SFT -> RM -> PPO (+ a run without KL penalty) -> DPO (+ a second beta)
                                        # -> GRPO (mixed rewards, + pass@k) -> a 4x larger base with SFT only

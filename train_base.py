@@ -1,5 +1,6 @@
 """
 Stage 0 — pre-training the base model: next-token prediction on "the internet".
+Teaches: a language model learns facts and styles by predicting the next token, and that alone makes no assistant.
 
 Objective (next-token cross-entropy, averaged over tokens):
 

@@ -1,5 +1,6 @@
 """
 Stage 4 — Direct Preference Optimization (DPO): preference training without a reward model or RL.
+Teaches: the RLHF objective's closed-form optimum turns preference learning into a classification loss on log-ratios.
 
 Rafailov et al. 2023 show that the KL-regularized RLHF objective max E[r] - beta * KL(pi || pi_ref) has a
 closed-form optimum pi*(y|x) ∝ pi_ref(y|x) exp(r(x, y) / beta). Solving for r gives an IMPLICIT reward
@@ -113,17 +114,23 @@ def parse_args(argv=None):
 
 def dpo_logits(pol_c, pol_r, ref_c, ref_r) -> torch.Tensor:
     """h = (log pi_c - log ref_c) - (log pi_r - log ref_r), per pair (B,)."""
+    # EXERCISE dpo_loss: h, the difference of the two log-ratios, then the (label-smoothed) DPO loss per pair
     return (pol_c - ref_c) - (pol_r - ref_r)
+    # END EXERCISE dpo_loss
 
 
 def dpo_loss(h: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-pair DPO loss (B,): -(1-eps) log sigma(beta h) - eps log sigma(-beta h). Reduce with .mean()."""
+    # EXERCISE dpo_loss: h, the difference of the two log-ratios, then the (label-smoothed) DPO loss per pair
     return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    # END EXERCISE dpo_loss
 
 
 def ipo_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-pair IPO loss (B,): (h - 1/(2 beta))^2, with tau = beta. Its minimum is a FINITE margin."""
+    # EXERCISE ipo_loss: IPO: regress h to a finite target
     return (h - 1 / (2 * beta)) ** 2
+    # END EXERCISE ipo_loss
 
 
 def hinge_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
@@ -153,10 +160,12 @@ def sequence_logprob(model, batch: dict) -> torch.Tensor:
     (batch["response_mask"] is 1 on response tokens and the EOS only). The logits at position t predict
     token t + 1, hence the shift by one. The same function serves policy and reference, chosen and rejected.
     """
+    # EXERCISE sequence_logprob: log pi(y|x): the response tokens' log-probs summed per sequence
     ids = batch["input_ids"]  # (B, T)
     logits = model(ids, batch["attention_mask"])  # (B, T, V)
     logp = common.token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log pi(ids[t+1] | ids[<=t])
     return (logp * batch["response_mask"][:, 1:]).sum(dim=1)  # (B,)
+    # END EXERCISE sequence_logprob
 
 
 def pair_logps(model, pairs: list[data.EncodedPair], eos_id, device, dtype):

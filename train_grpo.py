@@ -1,5 +1,6 @@
 """
 Stage 5 — RL with verifiable rewards: GRPO, Dr. GRPO and RLOO. PPO without a value model.
+Teaches: a group's own samples, scored by a checkable reward, replace PPO's value model as the baseline.
 
 For each prompt q, sample a GROUP of G responses o_1..o_G from the current policy at temperature 1, score
 each with a reward r_i, and use the group itself as the baseline: a response is good if it beats its
@@ -155,6 +156,7 @@ def parse_args(argv=None):
 def group_advantages(rewards: torch.Tensor, group_size: int, estimator: str) -> torch.Tensor:
     """One advantage per response, (B,), from rewards (B,) of B / G groups laid out side by side.
     A group with equal rewards gives exactly 0 for every estimator (no NaN: 0 / (0 + eps))."""
+    # EXERCISE group_advantages: the grpo, dr_grpo and rloo advantages of each response within its group
     r = rewards.view(-1, group_size).float()  # (P, G)
     mean = r.mean(dim=1, keepdim=True)  # (P, 1)
     if estimator == "grpo":
@@ -167,6 +169,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, estimator: str) -> 
     else:
         raise ValueError(f"unknown advantage estimator {estimator!r}")
     return adv.reshape(-1)  # (B,)
+    # END EXERCISE group_advantages
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float):
@@ -190,6 +193,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_len: in
     seq-mean   = mean over responses of (sum over its tokens / its length)         (GRPO)
     token-mean = sum over all tokens / number of valid tokens                       (DAPO)
     constant   = sum over all tokens / (B * max_len)                                (Dr. GRPO)"""
+    # EXERCISE loss_aggregation: reduce the (B, T) per-token loss by seq-mean, token-mean or constant
     total = per_token * mask
     if how == "seq-mean":
         return (total.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
@@ -198,6 +202,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_len: in
     if how == "constant":
         return total.sum() / (mask.size(0) * max_len)
     raise ValueError(f"unknown loss aggregation {how!r}")
+    # END EXERCISE loss_aggregation
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, clip: float, kl_coef: float, agg: str, max_len: int):

@@ -1,5 +1,6 @@
 """
 Stage 3 — RLHF with PPO: maximize the reward model's score while a KL penalty keeps the policy near SFT.
+Teaches: policy-gradient RL against a learned reward, held near SFT by a KL penalty, and what goes wrong without it.
 
 The objective (Ouyang et al. 2022, InstructGPT eq. 2, without the pre-training mix):
 
@@ -135,6 +136,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi. With logr = ref_logp - logp:
     k1 = -logr (unbiased, can be negative per token), k2 = logr^2 / 2, k3 = exp(logr) - 1 - logr (>= 0, unbiased)."""
+    # EXERCISE kl_estimators: the k1, k2, k3 estimates of KL(pi || pi_ref) per sampled token
     logr = ref_logp - logp
     if estimator == "k1":
         return -logr
@@ -143,18 +145,22 @@ def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k
     if estimator == "k3":
         return logr.exp() - 1 - logr
     raise ValueError(f"unknown KL estimator {estimator!r}")
+    # END EXERCISE kl_estimators
 
 
 def token_rewards(score: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
     """r_t = -beta * kl_t on every valid token, plus the sequence score (B,) on the last valid token. (B, n)."""
+    # EXERCISE token_rewards: -beta * KL on every response token, plus the score on the last one
     rewards = -beta * kl * mask
     last = (mask.sum(dim=1) - 1).clamp(min=0).long()  # (B,): responses are left-aligned, so index = length - 1
     return rewards.scatter_add(1, last[:, None], score[:, None].to(rewards.dtype))
+    # END EXERCISE token_rewards
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
     """Generalized advantage estimation over response tokens. (advantages, returns), each (B, n).
     The value after the last valid token is 0 (the episode ends there)."""
+    # EXERCISE gae: advantages and returns by the backward GAE recursion, stopping at each response's end
     B, n = rewards.shape
     advantages = torch.zeros_like(rewards)
     next_adv = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
@@ -168,15 +174,18 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         next_adv = adv * m
         next_value = values[:, t] * m
     return advantages, advantages + values * mask
+    # END EXERCISE gae
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float):
     """Clipped surrogate, token mean over valid tokens: -mean min(rho A, clip(rho, 1-eps, 1+eps) A).
     Returns (loss, stats) with the clip fraction and the mean/max ratio."""
+    # EXERCISE ppo_clip: the clipped surrogate loss, token mean over valid tokens
     ratio = (logp - old_logp).exp()
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
     loss = masked_mean(-torch.min(unclipped, clipped), mask)
+    # END EXERCISE ppo_clip
     with torch.no_grad():
         clipfrac = masked_mean((clipped < unclipped).float(), mask)  # tokens where the clip is active
         ratio_on_valid = torch.where(mask.bool(), ratio, torch.zeros_like(ratio))  # padding can't be the max
@@ -187,8 +196,10 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float):
     """Clipped value loss, token mean: 0.5 * mean max((V - R)^2, (V_old + clip(V - V_old) - R)^2)."""
+    # EXERCISE value_clip: the clipped value loss, token mean over valid tokens
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    # END EXERCISE value_clip
 
 
 class AdaptiveKL:

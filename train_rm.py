@@ -1,5 +1,6 @@
 """
 Stage 2 — the reward model: learn which of two responses people prefer.
+Teaches: a scalar reward learned from pairwise preferences (Bradley-Terry) turns "which is better" into a number.
 
 A GPT backbone, initialized from the SFT model as in InstructGPT, with a linear head that reads the final
 hidden state of the LAST REAL TOKEN of prompt + response (the EOS) and outputs one scalar r(x, y).
@@ -92,7 +93,9 @@ def parse_args(argv=None):
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
                        margin: torch.Tensor | float = 0.0) -> torch.Tensor:
     """-log sigma(r_c - r_r - m), mean over pairs. r_chosen, r_rejected, margin: (B,)."""
+    # EXERCISE bradley_terry: -log sigma(r_c - r_r - m), mean over pairs
     return -F.logsigmoid(r_chosen - r_rejected - margin).mean()
+    # END EXERCISE bradley_terry
 
 
 def score_pairs(rm, pairs: list[data.EncodedPair], eos_id, device, dtype):

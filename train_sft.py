@@ -1,5 +1,6 @@
 """
 Stage 1 — supervised fine-tuning (SFT): teach the base model the answer format from demonstrations.
+Teaches: imitating demonstrations, with the loss on response tokens only, gives the model the answer format.
 
 Objective: maximum likelihood of the demonstrated response given the prompt, on RESPONSE tokens only
 (Ouyang et al. 2022, InstructGPT, section 3.5):
@@ -61,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=common.unit_float, default=0.05,
                    help="fraction of demonstrations held out for the held-out loss")
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
+    p.add_argument("--loss-on", choices=["response", "all"], default="response",
+                   help="which targets the loss reads: response tokens (the method) or all = prompt too (an experiment; "
+                        "the held-out loss stays on responses)")
     p.add_argument("--eval-examples", type=common.nonneg_int, default=256,
                    help="held-out demonstrations scored every --eval-every steps (a fixed subset, so the periodic "
                         "check stays cheap on a large held-out split); the final loss uses them all; 0 = all")
@@ -92,10 +96,12 @@ def sft_loss(logits: torch.Tensor, batch: dict, n_targets: int) -> torch.Tensor:
 
     logits (B, T, V) from input_ids (B, T); targets are input_ids shifted left; mask = response_mask shifted.
     """
+    # EXERCISE sft_loss: summed NLL of the response tokens, divided by the step's target count
     targets = batch["input_ids"][:, 1:]  # (B, T-1)
     mask = batch["response_mask"][:, 1:].float()  # (B, T-1): 1 where the target is a response token or EOS
     logp = common.token_logprobs(logits[:, :-1], targets)  # (B, T-1): log pi(y_t | x, y_<t)
     return -(logp * mask).sum() / n_targets
+    # END EXERCISE sft_loss
 
 
 def count_targets(batch: dict) -> int:
@@ -177,6 +183,8 @@ def main(argv=None):
         groups = data.length_groups([len(train_seqs[i][0]) for i in picks], args.micro_batch_size)
         micro = [{k: v.to(device) for k, v in data.collate([train_seqs[picks[j]] for j in g], tok.eos_id).items()}
                  for g in groups]
+        if args.loss_on == "all":  # every real token becomes a target, the prompt's too (docs/exercises.md)
+            micro = [dict(b, response_mask=b["attention_mask"]) for b in micro]
         # ---- TRAINING STEP BEGIN
         n_targets = sum(count_targets(b) for b in micro)  # response tokens in the whole step
         optimizer.zero_grad(set_to_none=True)

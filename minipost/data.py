@@ -768,11 +768,13 @@ def collate(seqs: list[tuple[list[int], int]], pad_id: int, side: str = "right")
     attention_mask = torch.zeros((B, L), dtype=torch.long)
     response_mask = torch.zeros((B, L), dtype=torch.long)
     for i, (ids, n_prompt) in enumerate(seqs):
+        # EXERCISE response_mask: fill row i: the ids, attention_mask on real tokens, response_mask on response + EOS
         start = 0 if side == "right" else L - len(ids)  # the column of the first real token
         end = start + len(ids)
         input_ids[i, start:end] = torch.tensor(ids, dtype=torch.long)
         attention_mask[i, start:end] = 1
         response_mask[i, start + n_prompt:end] = 1
+        # END EXERCISE response_mask
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 

@@ -90,10 +90,12 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys/values so far (B, nh, pos+T, hs)."""
+        # EXERCISE kv_cache: store this step's k, v after the filled positions; return all keys and values so far
         T = k.size(2)
         self.k[layer, :, :, self.pos : self.pos + T] = k
         self.v[layer, :, :, self.pos : self.pos + T] = v
         return self.k[layer, :, :, : self.pos + T], self.v[layer, :, :, : self.pos + T]
+        # END EXERCISE kv_cache
 
 
 class CausalSelfAttention(nn.Module):
@@ -129,6 +131,7 @@ class CausalSelfAttention(nn.Module):
             # is_causal instead of a mask lets torch pick its flash kernel
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         else:
+            # EXERCISE causal_attention: masked softmax attention y (B, nh, T, hs) from q, k, v, the mask, or the causal rule
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
             if causal:  # key s is visible to query t when s <= t (13-40 us to build at T = 128-256 on CPU: not cached)
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
@@ -137,6 +140,7 @@ class CausalSelfAttention(nn.Module):
             att = F.softmax(att, dim=-1)
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, S) x (B, nh, S, hs) -> (B, nh, T, hs)
+            # END EXERCISE causal_attention
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -177,6 +181,7 @@ def attention_mask_4d(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
     query may always attend to itself. Real queries are unaffected (they attend to themselves anyway);
     padding queries produce finite garbage that no loss or metric reads.
     """
+    # EXERCISE attention_mask: the (B, 1, T, S) mask: causal, real keys only, every query sees itself
     B, S = attention_mask.shape
     q_pos = torch.arange(S - T, S, device=attention_mask.device).view(T, 1)  # (T, 1)
     k_pos = torch.arange(S, device=attention_mask.device).view(1, S)  # (1, S)
@@ -184,6 +189,7 @@ def attention_mask_4d(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
     real_key = attention_mask.bool().view(B, 1, 1, S)  # (B, 1, 1, S)
     itself = (k_pos == q_pos).view(1, 1, T, S)
     return (causal.view(1, 1, T, S) & real_key) | itself  # (B, 1, T, S)
+    # END EXERCISE attention_mask
 
 
 class GPT(nn.Module):
@@ -474,12 +480,14 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1) the k-th largest
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
+        # EXERCISE top_p: nucleus filtering: -inf outside the smallest set of tokens whose mass reaches top_p
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
         probs = F.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
         drop_sorted = mass_before >= top_p  # the first token always stays (its mass_before is 0)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
+        # END EXERCISE top_p
     return logits
 
 
