@@ -338,6 +338,13 @@ def main(argv=None):
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        # the context must leave room for a prompt and a full answer: said before the other models load
+        room = args.max_new_tokens
+        budget = policy.config.block_size - room if args.max_prompt_tokens < 0 else args.max_prompt_tokens
+        if not 1 <= budget <= policy.config.block_size - room:
+            raise SystemExit(f"error: prompts of up to {budget} tokens and --max-new-tokens {room} do not fit the "
+                             f"context of {policy.config.block_size} tokens; lower --max-new-tokens or "
+                             f"--max-prompt-tokens")
         ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
         rm, _, rm_config = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
         if args.reward == "rm" and rm_config.get("kind") != "scalar":  # a language model: a random reward head
@@ -351,11 +358,6 @@ def main(argv=None):
     common.print_config("train_ppo", args, {"device": device, "dtype": why})
 
     # ---- prompts, left-truncated like every stage's, so that a full answer always fits the context
-    room = args.max_new_tokens
-    budget = policy.config.block_size - room if args.max_prompt_tokens < 0 else args.max_prompt_tokens
-    if not 1 <= budget <= policy.config.block_size - room:
-        raise SystemExit(f"error: prompts of up to {budget} tokens and --max-new-tokens {room} do not fit the "
-                         f"context of {policy.config.block_size} tokens; lower --max-new-tokens or --max-prompt-tokens")
     enc, enc_stats = data.encode_prompts(tok, prompts, budget)
     print(f"prompts: {len(prompts)} ({stats}); {enc_stats['prompt_truncated']} left-truncated to {budget} tokens "
           f"(context {policy.config.block_size} - max-new-tokens {room})")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from minipost import checkpoint as ckpt
 from minipost import common, evaluate
 from minipost.checkpoint import load_checkpoint
 from minipost.model import GPT, GPTConfig, GPTScalar
@@ -265,13 +266,19 @@ def test_report_grpo_section_and_pass_at_k_plot(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(obj))
 
+    def evaluated(stage, metrics, seed):
+        # a stage directory as the scripts leave it: a checkpoint, then its evaluation (stamped with its weights)
+        torch.manual_seed(seed)
+        ckpt.save_checkpoint(tmp_path / stage, torch.nn.Linear(2, 2), {})
+        evaluate.write_eval(tmp_path / stage, {"metrics": metrics, "samples": [], "settings": {}})
+
     ks = [1, 2, 4, 8, 16, 32, 64]
-    write(tmp_path / "sft" / "eval.json", {"accuracy": 0.44, "harmful_refusal_rate": 0.17, "benign_refusal_rate": 0.0})
+    evaluated("sft", {"accuracy": 0.44, "harmful_refusal_rate": 0.17, "benign_refusal_rate": 0.0}, 0)
     write(tmp_path / "sft" / "passk.json", {"k": ks, "pass_at_k": [0.30, 0.40, 0.50, 0.60, 0.70, 0.75, 0.80]})
-    write(tmp_path / "grpo" / "eval.json", {"accuracy": 0.60, "harmful_refusal_rate": 0.85, "benign_refusal_rate": 0.05,
-                                            "win_rate_vs_sft": 0.66, "kl_to_sft": 1.234})
+    evaluated("grpo", {"accuracy": 0.60, "harmful_refusal_rate": 0.85, "benign_refusal_rate": 0.05,
+                       "win_rate_vs_sft": 0.66, "kl_to_sft": 1.234}, 1)
     write(tmp_path / "grpo" / "passk.json", {"k": ks, "pass_at_k": [0.55, 0.62, 0.68, 0.72, 0.75, 0.78, 0.81]})
-    write(tmp_path / "grpo-judge" / "eval.json", {"accuracy": 0.5, "win_rate_vs_sft": 0.7, "kl_to_sft": 2.0})
+    evaluated("grpo-judge", {"accuracy": 0.5, "win_rate_vs_sft": 0.7, "kl_to_sft": 2.0}, 2)
     report = build_report(tmp_path).read_text()
     assert "## 7. RL with verifiable rewards" in report
     assert (tmp_path / "pass_at_k.png").stat().st_size > 1000

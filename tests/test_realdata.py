@@ -26,7 +26,7 @@ from minipost.download import sha256_of
 from minipost.model import GPT, GPTConfig, is_pretrained_source
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTEXT = 256  # the tiny model's context: README's --block-size 512 is clamped to it, long dialogues exceed it
+CONTEXT = 512  # the tiny model's context: the README's --block-size 512 fits it exactly, long dialogues exceed it
 TINY = dict(n_positions=CONTEXT, n_embd=64, n_layer=2, n_head=1, vocab_size=4096)  # 64-wide heads, as GPT-2's
 
 # Appended to each stage's command: a few steps, small batches, a few normalization samples.

@@ -202,8 +202,9 @@ def test_ppo_reward_judge_lands_on_each_response(micro, monkeypatch):
                                  "--minibatch-size", "2"])
     prompts = [r["prompt"] for r in data.load_prompts("world")[0][:4]]
     perm = torch.tensor([2, 0, 3, 1])
-    ro = train_ppo.rollout(policy, ref, rm, value, tok, prompts, args, 0.3, torch.Generator().manual_seed(0), "cpu",
-                           torch.float32, perm)
+    enc, _ = data.encode_prompts(tok, prompts, policy.config.block_size - args.max_new_tokens)
+    ro = train_ppo.rollout(policy, ref, rm, value, tok, prompts, enc, args, 0.3, torch.Generator().manual_seed(0),
+                           "cpu", torch.float32, perm)
     texts = train_ppo.response_texts(ro["new"], ro["mask"], tok)
     expected = torch.tensor([len(t) / 100 for t in texts]) - args.missing_eos_penalty * (~ro["has_eos"]).float()
     assert len(set(texts)) > 1 and (~ro["has_eos"]).any()  # the check can tell responses apart, and the penalty apart
