@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--top-p", type=common.top_p_float, default=None, help="nucleus sampling mass, in (0, 1]")
     p.add_argument("--max-new-tokens", type=common.positive_int, default=64, help="answer length limit")
     p.add_argument("--device", type=common.device_arg, default="", help="cpu | cuda | mps; empty = autodetect")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=common.seed_int, default=0, help="sampling seed")
     return p.parse_args(argv)
 
 

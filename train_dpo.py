@@ -76,12 +76,12 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=common.nonneg_int, default=0,
                    help="pairs per forward/backward pass (gradients accumulate to --batch-size; memory grows with "
                         "it: 2 sequences a pair); 0 = the whole batch at once")
-    p.add_argument("--block-size", type=int, default=-1, help="max tokens per sequence; -1 = the model's context")
+    p.add_argument("--block-size", type=common.auto_int, default=-1, help="max tokens per sequence; -1 = the model's context")
     p.add_argument("--lr", type=common.positive_float, default=2e-5, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=10, help="linear warmup steps")
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
-    p.add_argument("--holdout", type=common.unit_float, default=0.05,
+    p.add_argument("--holdout", type=common.fraction_float, default=0.05,
                    help="held-out fraction for datasets without a held-out split")
     p.add_argument("--eval-every", type=common.positive_int, default=50, help="held-out pair accuracy every N steps")
     p.add_argument("--eval-pairs", type=common.nonneg_int, default=256,
@@ -103,7 +103,7 @@ def parse_args(argv=None):
         p.error(f"--label-smoothing must be in [0, 0.5), got {args.label_smoothing}")
     try:
         args.sweep = [common.positive_float(b) for b in args.beta_sweep.split(",") if b.strip()]
-    except argparse.ArgumentTypeError as e:
+    except (argparse.ArgumentTypeError, ValueError) as e:  # float('abc') raises ValueError
         p.error(f"--beta-sweep: {e}")
     return args
 

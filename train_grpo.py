@@ -319,7 +319,9 @@ def main(argv=None):
         ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
         rm = None
         if args.reward in ("rm", "mixed"):
-            rm = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)[0]
+            rm, _, rm_config = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
+            if rm_config.get("kind") != "scalar":  # a language model: its reward head would be random
+                raise ckpt.CheckpointError(f"--rm {args.rm} holds a language model, not a reward model (train_rm.py)")
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.frozen(ref)

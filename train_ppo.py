@@ -74,7 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--minibatch-size", type=common.positive_int, default=16, help="rollouts per PPO gradient step")
     p.add_argument("--ppo-epochs", type=common.positive_int, default=4, help="passes over each rollout batch")
     p.add_argument("--max-new-tokens", type=common.positive_int, default=32, help="response length limit")
-    p.add_argument("--max-prompt-tokens", type=int, default=-1,
+    p.add_argument("--max-prompt-tokens", type=common.auto_int, default=-1,
                    help="prompts longer than this are LEFT-truncated (their last turns kept), like every stage's; "
                         "-1 = the context minus --max-new-tokens, so every rollout has room for a full answer")
     p.add_argument("--lr", type=common.positive_float, default=1e-5,

@@ -51,15 +51,15 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=int, default=16,
                    help="at most this many examples per forward pass, grouped by length (less padding, same "
                         "gradient); -1 = --batch-size")
-    p.add_argument("--block-size", type=int, default=-1, help="max tokens per example; -1 = the model's context")
-    p.add_argument("--max-prompt-tokens", type=int, default=-1,
+    p.add_argument("--block-size", type=common.auto_int, default=-1, help="max tokens per example; -1 = the model's context")
+    p.add_argument("--max-prompt-tokens", type=common.auto_int, default=-1,
                    help="prompt budget before left truncation; -1 = half the block")
     p.add_argument("--lr", type=common.positive_float, default=2e-4, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=6, help="linear warmup steps")
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")
     p.add_argument("--weight-decay", type=common.nonneg_float, default=0.0, help="AdamW weight decay on matrices")
     p.add_argument("--grad-clip", type=common.nonneg_float, default=1.0, help="max gradient norm; 0 = off")
-    p.add_argument("--holdout", type=common.unit_float, default=0.05,
+    p.add_argument("--holdout", type=common.fraction_float, default=0.05,
                    help="fraction of demonstrations held out for the held-out loss")
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
     p.add_argument("--loss-on", choices=["response", "all"], default="response",

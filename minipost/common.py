@@ -52,6 +52,14 @@ def unit_float(s: str) -> float:
     return v
 
 
+def fraction_float(s: str) -> float:
+    """A fraction in [0, 1) (a held-out share: 1 would leave nothing to train on)."""
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
 def top_p_float(s: str) -> float:
     v = float(s)
     if not 0 < v <= 1:
@@ -66,10 +74,26 @@ def positive_int(s: str) -> int:
     return v
 
 
+def auto_int(s: str) -> int:
+    """A positive integer, or -1 = the default the help string names (the model's context, half the block...)."""
+    v = int(s)
+    if v <= 0 and v != -1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or -1, got {s}")
+    return v
+
+
 def nonneg_int(s: str) -> int:
     v = int(s)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def seed_int(s: str) -> int:
+    """A seed every generator accepts (torch takes 64 bits; stages add small offsets to it)."""
+    v = int(s)
+    if not 0 <= v < 2**62:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**62), got {s}")
     return v
 
 
@@ -114,7 +138,7 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337, 
     p.add_argument("--fused-attn", action="store_true",
                    help="attention with torch's fused scaled_dot_product_attention (flash / memory-efficient "
                         "kernels on a GPU) instead of the hand-written path; same results up to rounding")
-    p.add_argument("--seed", type=int, default=seed, help="random seed (data order, init, sampling)")
+    p.add_argument("--seed", type=seed_int, default=seed, help="random seed (data order, init, sampling)")
     p.add_argument("--save-every", type=nonneg_int, default=save_every,
                    help="write a resumable checkpoint every N steps; 0 = only at the end")
     p.add_argument("--stop-at", type=int, default=-1,
@@ -355,13 +379,14 @@ def plot_log(log_path, png_path, keys: list[str], title: str):
 # Models in and out of checkpoints
 
 
-def load_model(source: str, device="cpu", kind: str | None = None, fused_attn: bool | None = None):
+def load_model(source: str, device="cpu", kind: str | None = "lm", fused_attn: bool | None = None):
     """(model, tokenizer, config) from a checkpoint directory, or GPT-2 weights in Hugging Face's layout
     (an official name, a save_pretrained directory, a .safetensors file: whatever GPT.from_pretrained reads).
 
     A checkpoint's config.json says whether it holds a language model ("lm") or a scalar model
     ("scalar": reward / value). `kind="scalar"` on an lm checkpoint builds a scalar model whose
-    backbone is the lm's (how the reward model starts from SFT).
+    backbone is the lm's (how the reward model starts from SFT). The default "lm" refuses a scalar checkpoint
+    with a message (a reward model passed as --init); kind=None returns whatever the checkpoint holds.
     fused_attn: True / False picks the attention path (--fused-attn); None keeps the checkpoint's.
     """
     if is_pretrained_source(source):  # official weights by name, a save_pretrained directory, a .safetensors file

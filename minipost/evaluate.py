@@ -605,7 +605,7 @@ def write_side_by_side(out_dir, rows: list[dict], title: str, show: int = 4, wid
     atomic_write_bytes(Path(out_dir) / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
-if __name__ == "__main__":
+def main(argv=None):
     import argparse
 
     from minipost.world import build_world
@@ -614,14 +614,17 @@ if __name__ == "__main__":
         description="python -m minipost.evaluate CHECKPOINT: the gold judge's best-of-n ceiling")
     p.add_argument("checkpoint", nargs="?", default="checkpoints/sft")
     p.add_argument("--best-of", default="1,2,4,8", help="comma-separated n")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
+    p.add_argument("--seed", type=common.seed_int, default=0)
+    a = p.parse_args(argv)
+    try:
+        ns = [common.positive_int(n) for n in a.best_of.split(",")]
+    except (argparse.ArgumentTypeError, ValueError) as e:  # int('a') raises ValueError
+        p.error(f"--best-of {a.best_of}: {e}")
     model, tok, config = common.load_model(a.checkpoint, "cpu")
     dev = common.pick_device("")
     dtype, _ = common.pick_dtype(dev)
     world = build_world(seed=config.get("world_seed", 0), n_docs=1)
-    res = best_of_n_win_rates(common.frozen(model.to(dev)), tok, world, [int(n) for n in a.best_of.split(",")],
-                              device=dev, dtype=dtype, seed=a.seed)
+    res = best_of_n_win_rates(common.frozen(model.to(dev)), tok, world, ns, device=dev, dtype=dtype, seed=a.seed)
     print(f"{a.checkpoint}: best of n samples by the gold judge vs an ordinary sample (held-out prompts)")
     for n, (w, g) in res["best_of"].items():
         print(f"  n={n}: win rate {100 * w:.1f}%, gold score {g:+.3f}, KL <= {math.log(n) - (n - 1) / n:.2f} nats")
@@ -630,3 +633,9 @@ if __name__ == "__main__":
     w, g = res["knowledge_oracle"]
     print(f"  knowledge oracle (perfect answers, except the facts and skills it never got right): "
           f"win rate {100 * w:.1f}%, gold score {g:+.3f}")
+
+
+if __name__ == "__main__":
+    from minipost import errors
+
+    errors.run(main)

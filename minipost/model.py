@@ -48,6 +48,12 @@ class GPTConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}")
+        for f in fields(cls):  # a hand-edited config.json: "n_head": true would build a 1-head model silently
+            v, want = d.get(f.name, f.default), type(f.default)
+            if not (type(v) is want or (want is float and type(v) is int)):
+                raise ValueError(f"model.{f.name} must be {'an' if want is int else 'a'} {want.__name__}, got {v!r}")
+            if want is int and v < 1:
+                raise ValueError(f"model.{f.name} must be positive, got {v}")
         return cls(**d)
 
 

@@ -18,6 +18,7 @@ so every model is compared on the same prompts. The frontier uses the expected g
 """
 
 import json
+import sys
 from pathlib import Path
 
 from minipost.checkpoint import stamp_mismatch
@@ -421,7 +422,18 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     return out
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv=None):
+    """python -m minipost.report [CHECKPOINTS]: write CHECKPOINTS/report.md (default: checkpoints)."""
+    from minipost.errors import UserError
 
-    print(build_report(sys.argv[1] if len(sys.argv) > 1 else "checkpoints"))
+    argv = sys.argv[1:] if argv is None else argv
+    ckpt_dir = argv[0] if argv else "checkpoints"
+    if not Path(ckpt_dir).is_dir():
+        raise UserError(f"{ckpt_dir} is not a directory of stage checkpoints (pipeline.py writes one)")
+    print(build_report(ckpt_dir))
+
+
+if __name__ == "__main__":
+    from minipost import errors
+
+    errors.run(main)

@@ -37,6 +37,13 @@ def d(tiny_dir, tmp_path_factory):
         config = json.loads((d / name / "config.json").read_text())
         edit(config)
         (d / name / "config.json").write_text(json.dumps(config))
+    broken_types = {"n_head_true": ("n_head", True), "n_layer_str": ("n_layer", "1"), "block_zero": ("block_size", 0)}
+    for name, (field, value) in broken_types.items():
+        shutil.copytree(d / "lm", d / name)
+        config = json.loads((d / name / "config.json").read_text())
+        config["model"][field] = value
+        (d / name / "config.json").write_text(json.dumps(config))
+    shutil.copytree(d / "rm", d / "rm_copy")  # the fixture's reward model, as --init / --policy / evaluate
     shutil.copytree(d / "lm", d / "deep_config")
     (d / "deep_config" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     # a checkpoint whose (hash-consistent) train state is a pickle that would run code
@@ -97,6 +104,30 @@ CASES = [
      "{d}/bad.jsonl:2: field 'response'"),
     ("train_sft", ["--init", "{d}/lm", "--out", "{d}/o6", "--data", "{d}/demos.jsonl", "--lr", "1e38"] + SFT, 1,
      "non-finite"),
+    # flag values: zero, negative, huge, not a number
+    ("train_sft", ["--holdout", "1"], 2, "--holdout: must be in [0, 1), got 1"),
+    ("train_sft", ["--seed", "99999999999999999999999"], 2, "--seed: must be in [0, 2**62)"),
+    ("train_sft", ["--block-size", "-5"], 2, "--block-size: must be a positive integer or -1, got -5"),
+    ("train_sft", ["--max-prompt-tokens", "0"], 2, "--max-prompt-tokens: must be a positive integer or -1, got 0"),
+    ("train_ppo", ["--max-prompt-tokens", "-4"], 2, "--max-prompt-tokens: must be a positive integer or -1, got -4"),
+    ("train_dpo", ["--beta-sweep", "0.1,abc"], 2, "--beta-sweep: could not convert string to float: 'abc'"),
+    ("minipost.evaluate", ["{d}/lm", "--best-of", "1,0"], 2, "--best-of 1,0: must be a positive integer, got 0"),
+    ("minipost.evaluate", ["{d}/lm", "--best-of", "a"], 2, "--best-of a: invalid literal for int()"),
+    # checkpoints of the wrong kind, config.json fields of the wrong type
+    ("train_sft", ["--init", "{d}/rm_copy", "--out", "{d}/o8", "--data", "{d}/demos.jsonl"] + SFT, 1,
+     "{d}/rm_copy holds a scalar model, a language model is needed"),
+    ("train_rm", ["--init", "{d}/lm", "--policy", "{d}/rm_copy", "--out", "{d}/o9", "--steps", "1", "--device", "cpu"],
+     1, "{d}/rm_copy holds a scalar model, a language model is needed"),
+    ("train_grpo", ["--init", "{d}/lm", "--rm", "{d}/lm", "--reward", "rm", "--out", "{d}/o10", "--skip-eval"], 1,
+     "--rm {d}/lm holds a language model, not a reward model"),
+    ("minipost.evaluate", ["{d}/rm_copy"], 1, "{d}/rm_copy holds a scalar model, a language model is needed"),
+    ("chat", ["--model", "{d}/n_head_true", "--prompt", "hi"], 1,
+     "{d}/n_head_true/config.json: model.n_head must be an int, got True"),
+    ("chat", ["--model", "{d}/n_layer_str", "--prompt", "hi"], 1,
+     "{d}/n_layer_str/config.json: model.n_layer must be an int, got '1'"),
+    ("chat", ["--model", "{d}/block_zero", "--prompt", "hi"], 1,
+     "{d}/block_zero/config.json: model.block_size must be positive, got 0"),
+    ("minipost.report", ["{d}/regular_file"], 1, "{d}/regular_file is not a directory of stage checkpoints"),
 ]
 
 

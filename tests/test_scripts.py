@@ -88,7 +88,7 @@ def test_rm_normalization_is_stored_and_applied_on_load(micro):
     assert abs(tensors["reward_scale"].item() - cfg["metrics"]["norm_scale"]) < 1e-5
     from minipost.common import load_model
 
-    rm, _, _ = load_model(str(d / "rm"))
+    rm, _, _ = load_model(str(d / "rm"), kind=None)
     assert abs(rm.reward_shift.item() - cfg["metrics"]["norm_shift"]) < 1e-5
 
 
