@@ -27,6 +27,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -579,6 +580,8 @@ def prepare_output_dir(out_dir, resume: bool, overwrite: bool):
     """Decide what a training script may do with out_dir before any work starts. Returns the Path.
     --overwrite deletes nothing here: the new save replaces the files when it happens. The directory
     itself is created by the run's first log line or save."""
+    if not str(out_dir).strip():  # Path("") is the current directory: a checkpoint would land among the scripts
+        raise CheckpointError("--out is empty: name the checkpoint directory to write")
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise CheckpointError("pass only one of --resume and --overwrite")
@@ -597,6 +600,8 @@ def prepare_output_dir(out_dir, resume: bool, overwrite: bool):
     # Not created yet: a run that fails on its data must not leave an empty directory behind. But the
     # first save must be able to create it, so check now that the nearest existing folder is writable.
     existing = next(p for p in [out_dir, *out_dir.parents] if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CheckpointError(f"--out {out_dir}: {existing} is not writable")
+    try:  # a real try, not os.access: root passes os.access on read-only filesystems, /proc and /sys
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=existing))
+    except OSError as e:
+        raise CheckpointError(f"--out {out_dir}: cannot write in {existing} ({e.strerror})") from e
     return out_dir

@@ -510,6 +510,9 @@ class Checkpointer:
         state_dict, _ = ckpt.load_checkpoint(self.out)
         ckpt.load_into(self.model, state_dict, self.out)
         state = ckpt.load_train_state(self.out)
+        if state.get("step", 0) > self.total:  # else the loop would not run and the save would misstate the step
+            raise ckpt.CheckpointError(f"--resume: {self.out} is at step {state['step']}, past the {self.total} "
+                                       "steps asked for; ask for more steps to continue it")
         missing = [name for name in ["step", "rng", *self.parts] if name not in state]
         if missing:
             raise ckpt.CheckpointError(f"{self.out}/{ckpt.STATE_FILE} lacks {missing}: it was written by another "

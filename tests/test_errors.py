@@ -52,6 +52,11 @@ def d(tiny_dir, tmp_path_factory):
     config = json.loads((d / "evil_state" / "config.json").read_text())
     config["files"]["train_state.pt"] = ckpt._sha256_file(d / "evil_state" / "train_state.pt")
     (d / "evil_state" / "config.json").write_text(json.dumps(config))
+    shutil.copytree(d / "lm", d / "at_step_5")  # a checkpoint further along than the run asked for
+    torch.save({"step": 5}, d / "at_step_5" / "train_state.pt")
+    config = json.loads((d / "at_step_5" / "config.json").read_text())
+    config["files"]["train_state.pt"] = ckpt._sha256_file(d / "at_step_5" / "train_state.pt")
+    (d / "at_step_5" / "config.json").write_text(json.dumps(config))
     (d / "deep.jsonl").write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     (d / "folder.jsonl").mkdir()
     (d / "bad.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": 3}\n')
@@ -128,6 +133,13 @@ CASES = [
     ("chat", ["--model", "{d}/block_zero", "--prompt", "hi"], 1,
      "{d}/block_zero/config.json: model.block_size must be positive, got 0"),
     ("minipost.report", ["{d}/regular_file"], 1, "{d}/regular_file is not a directory of stage checkpoints"),
+    # --out nowhere useful, --resume past the end
+    ("train_sft", ["--init", "{d}/lm", "--out", "", "--data", "{d}/demos.jsonl"] + SFT, 1,
+     "--out is empty: name the checkpoint directory to write"),
+    ("train_sft", ["--init", "{d}/lm", "--out", "/proc/minipost", "--data", "{d}/demos.jsonl"] + SFT, 1,
+     "--out /proc/minipost: cannot write in"),  # /proc on Linux (even as root), / elsewhere
+    ("train_sft", ["--init", "{d}/lm", "--out", "{d}/at_step_5", "--resume", "--data", "{d}/demos.jsonl"] + SFT, 1,
+     "--resume: {d}/at_step_5 is at step 5, past the 2 steps asked for"),
 ]
 
 
