@@ -222,6 +222,7 @@ def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, de
     log = saver.logger(steps)
     micro = args.micro_batch_size or args.batch_size
     policy.train()  # dropout is off (load_model), so train mode changes nothing in the forward pass
+    metrics = {}  # stays empty when --resume finds the run already at its last step
     for step in range(start, steps):
         t0 = time.time()
         lr = common.lr_at(step, steps, args.lr, args.warmup, args.min_lr_ratio)
@@ -344,7 +345,8 @@ def main(argv=None):
     last, saver = train(policy, ref, pairs, tok, args, beta=args.beta, steps=args.steps, device=device, dtype=dtype,
                         save=save)
     metrics = {"val_accuracy": last.get("val_accuracy"), "steps": args.steps, "beta": args.beta, "loss": args.loss}
-    if len(pairs.check) < len(val_enc):  # the periodic check saw a subset: the final number uses every pair
+    if val_enc and (len(pairs.check) < len(val_enc) or metrics["val_accuracy"] is None):
+        # the periodic check saw a subset (or no step ran: resumed at the end): the final number uses every pair
         metrics["val_accuracy"] = heldout_accuracy(policy, val_enc, pairs.val_ref_logps, tok.eos_id, device, dtype)
     metrics["heldout_pairs"] = len(val_enc)
     if not args.skip_eval and args.data != "world" and args.samples and val_enc:

@@ -82,6 +82,10 @@ def test_dpo_resume_is_exact(tiny_dir, tmp_path):
             "--batch-size", "2", "--policy-pairs", "0", "--holdout", "0.2", "--eval-every", "2", "--skip-eval",
             "--dtype", "fp32", "--device", "cpu"]
     assert_resume_is_exact("train_dpo", argv, tmp_path, total=5)
+    # killed after its last step's save: --resume has no step left and still finishes with the same metrics
+    before = json.loads((tmp_path / "straight" / "config.json").read_text())["metrics"]
+    run_main("train_dpo", argv + ["--out", tmp_path / "straight", "--resume"])
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["metrics"] == before
 
 
 def test_ctrl_c_names_the_last_periodic_checkpoint(tiny_dir, tmp_path, capsys, monkeypatch):
