@@ -484,6 +484,9 @@ def stamp_mismatch(ckpt_dir, stamp) -> str | None:
     if stamp[MODEL_FILE] != weights:
         return (f"it was written for other weights (sha256 {str(stamp[MODEL_FILE])[:12]}..., "
                 f"the checkpoint holds {str(weights)[:12]}...)")
+    weights_file = ckpt_dir / MODEL_FILE  # config.json vouches for it, but the file may have been swapped since
+    if not weights_file.is_file() or _sha256_file(weights_file) != weights:
+        return f"{weights_file} is missing or no longer the one config.json records"
     for name, sha in stamp.items():
         if name != MODEL_FILE and (not (ckpt_dir / name).is_file() or _sha256_file(ckpt_dir / name) != sha):
             return f"{name} is missing or was changed after it"

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from minipost.checkpoint import stamp_mismatch
+from minipost.errors import UserError
 
 POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO")]
 POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO"), ("grpo", "GRPO")]
@@ -44,8 +45,15 @@ CAPABILITIES = [
 
 
 def _read_json(path):
+    """The JSON in path, or None if there is no such file. A file that is not JSON (edited by hand, cut short)
+    is named in one line: the user deletes it or reruns the stage that writes it."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(f"{path}: it is not valid JSON ({e})") from e
 
 
 def _stage_eval(stage_dir: Path, refused: list) -> tuple[dict | None, list]:
@@ -54,8 +62,8 @@ def _stage_eval(stage_dir: Path, refused: list) -> tuple[dict | None, list]:
     goes into `refused` and is printed, and the stage counts as not evaluated."""
     try:
         ev = _read_json(stage_dir / "eval.json")
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        ev, why = {}, f"it is not valid JSON ({e})"
+    except UserError as e:
+        ev, why = {}, f"it is not valid JSON ({e.__cause__})"
     else:
         if ev is None:
             return None, []
@@ -72,12 +80,22 @@ def _read_jsonl(path):
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            rows.append(json.loads(line) if line.strip() else {})
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{path}:{i}: it is not valid JSON ({e})") from e
+        if not isinstance(rows[-1], dict):
+            raise UserError(f"{path}:{i}: expected a JSON object, got {type(rows[-1]).__name__}")
+    return [r for r in rows if r]
 
 
 def _fmt(v, pct=False):
     if v is None:
         return "–"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):  # an eval.json edited by hand: shown, not fatal
+        return f"invalid {v!r}"[:24]
     return f"{100 * v:.0f}%" if pct else f"{v:.3f}"
 
 
@@ -424,8 +442,6 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
 
 def main(argv=None):
     """python -m minipost.report [CHECKPOINTS]: write CHECKPOINTS/report.md (default: checkpoints)."""
-    from minipost.errors import UserError
-
     argv = sys.argv[1:] if argv is None else argv
     ckpt_dir = argv[0] if argv else "checkpoints"
     if not Path(ckpt_dir).is_dir():

@@ -11,6 +11,7 @@ import torch
 from minipost import checkpoint as ckpt
 from minipost import common, evaluate
 from minipost.model import GPT, GPTConfig
+from minipost.errors import UserError
 from minipost.report import build_report, win_rate_from_samples
 from minipost.tokenizer import Tokenizer
 from minipost.world import build_world
@@ -231,6 +232,32 @@ def test_report_refuses_evaluations_of_other_weights(tmp_path):
     # samples.jsonl edited after eval.json vouched for it
     (d / "base" / "samples.jsonl").write_text("")
     assert f"{d / 'base' / 'eval.json'}: samples.jsonl is missing or was changed" in build_report(d).read_text()
+
+
+def test_report_on_hand_edited_files(tmp_path):
+    d = tmp_path
+    for stage in ("base", "sft"):
+        _stage(d, stage, {"format_rate": 0.5}, _samples([1.0], [[1.0]]))
+    # a value edited into something that is not a number (the stamp kept): shown as such, no traceback
+    ev = json.loads((d / "sft" / "eval.json").read_text())
+    _write(d / "sft" / "eval.json", ev | {"format_rate": {"a": 1}})
+    assert "| 50% | invalid {'a': 1} |" in build_report(d).read_text()
+    # the weights swapped under a config.json that still vouches for the old ones
+    weights = (d / "base" / "model.safetensors").read_bytes()
+    (d / "base" / "model.safetensors").write_bytes(weights[:-4] + b"\0\0\0\1")
+    assert f"{d / 'base' / 'model.safetensors'} is missing or no longer the one config.json records" in \
+        build_report(d).read_text()
+    # a log or pass@k file that is not JSON: one line naming the file (and line), as the scripts' data errors
+    (d / "sft" / "log.jsonl").write_text('{"step": 0}\nnot json\n')
+    with pytest.raises(UserError, match=f"{d / 'sft' / 'log.jsonl'}:2: it is not valid JSON"):
+        build_report(d)
+    (d / "sft" / "log.jsonl").write_text("[1]\n")
+    with pytest.raises(UserError, match=f"{d / 'sft' / 'log.jsonl'}:1: expected a JSON object, got list"):
+        build_report(d)
+    (d / "sft" / "log.jsonl").unlink()
+    (d / "sft" / "passk.json").write_text('{"k": ')
+    with pytest.raises(UserError, match=f"{d / 'sft' / 'passk.json'}: it is not valid JSON"):
+        build_report(d)
 
 
 def test_save_that_changes_the_weights_removes_their_evaluation(tmp_path):
