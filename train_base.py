@@ -52,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--world-seed", type=int, default=0, help="seed of the toy world (facts split, corpus, demos)")
     p.add_argument("--steps", type=common.positive_int, default=800, help="optimizer steps")
     p.add_argument("--batch-size", type=common.positive_int, default=16, help="sequences per step")
-    p.add_argument("--block-size", type=common.auto_int, default=-1, help="tokens per sequence; -1 = the preset's context")
+    p.add_argument("--block-size", type=common.auto_int, default=-1,
+                   help="tokens per sequence; -1 = the preset's context")
     p.add_argument("--lr", type=common.positive_float, default=3e-3, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=40, help="linear warmup steps")
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")

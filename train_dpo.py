@@ -76,7 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=common.nonneg_int, default=0,
                    help="pairs per forward/backward pass (gradients accumulate to --batch-size; memory grows with "
                         "it: 2 sequences a pair); 0 = the whole batch at once")
-    p.add_argument("--block-size", type=common.auto_int, default=-1, help="max tokens per sequence; -1 = the model's context")
+    p.add_argument("--block-size", type=common.auto_int, default=-1,
+                   help="max tokens per sequence; -1 = the model's context")
     p.add_argument("--lr", type=common.positive_float, default=2e-5, help="peak learning rate")
     p.add_argument("--warmup", type=common.nonneg_int, default=10, help="linear warmup steps")
     p.add_argument("--min-lr-ratio", type=common.unit_float, default=0.1, help="cosine decays to this fraction of --lr")

@@ -51,7 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch-size", type=int, default=16,
                    help="at most this many examples per forward pass, grouped by length (less padding, same "
                         "gradient); -1 = --batch-size")
-    p.add_argument("--block-size", type=common.auto_int, default=-1, help="max tokens per example; -1 = the model's context")
+    p.add_argument("--block-size", type=common.auto_int, default=-1,
+                   help="max tokens per example; -1 = the model's context")
     p.add_argument("--max-prompt-tokens", type=common.auto_int, default=-1,
                    help="prompt budget before left truncation; -1 = half the block")
     p.add_argument("--lr", type=common.positive_float, default=2e-4, help="peak learning rate")
