@@ -337,10 +337,14 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     if args.reward == "verifier":  # a verifier can only score what it can check
         rows = [r for r in rows if r.get("kind") in ("fact", "skill")]
-    room = policy.config.block_size - 8  # leave at least 8 tokens for a response
+    room = policy.config.block_size - args.max_new_tokens  # a prompt must leave room for a full answer
+    if room < 1:
+        raise SystemExit(f"error: --max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the "
+                         f"context of {policy.config.block_size} tokens")
     instructions = [strip_template(r["prompt"]) for r in rows if len(tok.encode(r["prompt"])) <= room]
     if not instructions:
-        raise SystemExit(f"error: no prompts left from {args.prompts} (each must leave 8 tokens of the context free)")
+        raise SystemExit(f"error: no prompts left from {args.prompts} (each must leave --max-new-tokens "
+                         f"{args.max_new_tokens} of the context free)")
     print(f"prompts: {len(instructions)} ({stats}; {len(rows) - len(instructions)} too long for the context dropped)")
     is_world = args.prompts == "world"
 

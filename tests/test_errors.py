@@ -125,6 +125,8 @@ CASES = [
      1, "{d}/rm_copy holds a scalar model, a language model is needed"),
     ("train_grpo", ["--init", "{d}/lm", "--rm", "{d}/lm", "--reward", "rm", "--out", "{d}/o10", "--skip-eval"], 1,
      "--rm {d}/lm holds a language model, not a reward model"),
+    ("train_grpo", ["--init", "{d}/lm", "--out", "{d}/o11", "--reward", "judge", "--max-new-tokens", "64",
+                    "--skip-eval"], 1, "--max-new-tokens 64 leaves no room for a prompt in the context of 64 tokens"),
     ("minipost.evaluate", ["{d}/rm_copy"], 1, "{d}/rm_copy holds a scalar model, a language model is needed"),
     ("chat", ["--model", "{d}/n_head_true", "--prompt", "hi"], 1,
      "{d}/n_head_true/config.json: model.n_head must be an int, got True"),
