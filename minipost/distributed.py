@@ -55,9 +55,12 @@ def setup(device: torch.device) -> torch.device:
 
 
 def cleanup():
-    """Leave the process group at the end of a run (no-op in one process)."""
+    """Leave the process group at the end of training (no-op in one process). Rank 0 then carries on alone
+    (evaluation, saves, DPO's beta sweep) as a process of one: the collectives above become no-ops."""
+    global _world
     if dist.is_initialized():
         dist.destroy_process_group()
+    _world = 1
 
 
 def rank() -> int:
@@ -118,13 +121,19 @@ def sum_all(x):
 
 
 def mean_metrics(metrics: dict) -> dict:
-    """Average each numeric metric over ranks (for the log line: rank 0 prints the mean of all ranks)."""
+    """Average each numeric metric over the ranks that have it (for the log line: rank 0 prints the mean of all
+    ranks). A metric one rank could not measure (None) is averaged over the others."""
     if _world == 1:
         return metrics
-    keys = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return {**metrics, **{k: v / _world for k, v in zip(keys, t.tolist())}}
+    every = [None] * _world
+    dist.all_gather_object(every, metrics)  # small dicts of numbers: pickled, simplest and robust
+    out = dict(metrics)
+    for k in metrics:
+        values = [m.get(k) for m in every]
+        values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if values:
+            out[k] = sum(values) / len(values)
+    return out
 
 
 def broadcast_params(model: torch.nn.Module):

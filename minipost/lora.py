@@ -138,6 +138,7 @@ class ReferenceView:
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = model.config
+        self.lm_head = getattr(model, "lm_head", None)  # never adapted (the tied embedding is frozen)
 
     def __call__(self, *args, **kwargs):
         with adapters_off(self.model):
