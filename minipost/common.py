@@ -435,12 +435,12 @@ def setup_training(model, args, train_also: tuple[str, ...] = ()):
     for m in model.modules():
         if isinstance(m, GPT):
             m.grad_checkpoint = getattr(args, "grad_checkpoint", False)
-    if getattr(args, "lora_rank", 0) > 0:
-        lora.apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets, train_also)
+    rank = getattr(args, "lora_rank", 0)
+    if rank > 0:
+        lora.apply_lora(model, rank, args.lora_alpha, args.lora_targets, train_also)
     trainable, total = lora.count_params(model)
     print(f"parameters: {trainable / 1e6:.3f}M trainable of {total / 1e6:.2f}M ({100 * trainable / total:.2f}%)"
-          + (f"; LoRA r={args.lora_rank} alpha={args.lora_alpha:g} on {','.join(args.lora_targets)}"
-             if args.lora_rank > 0 else ""))
+          + (f"; LoRA r={rank} alpha={args.lora_alpha:g} on {','.join(args.lora_targets)}" if rank > 0 else ""))
     return model
 
 
