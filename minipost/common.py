@@ -445,12 +445,20 @@ def setup_training(model, args, train_also: tuple[str, ...] = ()):
 
 
 def peak_memory_mb(device) -> float:
-    """Peak memory of this process so far, in MB: CUDA's allocator peak on a GPU, else the peak resident set."""
+    """Peak memory of this process so far, in MiB: CUDA's allocator peak on a GPU, else the peak resident set
+    (Linux: VmHWM of this process image; ru_maxrss would include the peak of the parent that started it)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # macOS reports bytes
 
 
 def set_attention(model: torch.nn.Module, fused: bool | None) -> torch.nn.Module:
