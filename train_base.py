@@ -22,6 +22,7 @@ Run it:
     python train_base.py                       # tiny model, toy world, ~4 minutes on a 2-core CPU
     python train_base.py --steps 20 --n-docs 2000 --out /tmp/base   # a smoke run, seconds
     python train_base.py --init gpt2           # GPU or CPU: the official 124M weights as the base
+    torchrun --nproc_per_node 8 train_base.py --preset gpt2   # 8 GPUs, data parallel (docs/scale.md)
 """
 
 import argparse

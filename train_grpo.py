@@ -73,6 +73,7 @@ Run it:
     python train_grpo.py --steps 2 --prompts-per-step 2 --group-size 4 --skip-eval --out /tmp/grpo   # smoke run
     python train_grpo.py --init checkpoints/sft --rm checkpoints/rm --reward rm --prompts hh-rlhf \\
         --max-new-tokens 128 --prompts-per-step 64 --group-size 8 --lr 1e-6 --steps 300   # GPU, GPT-2
+    torchrun --nproc_per_node 8 train_grpo.py ...  # each rank its own groups; --lora-rank 8 (docs/scale.md)
 """
 
 import argparse

@@ -42,6 +42,7 @@ Run it:
     python train_ppo.py --iterations 2 --batch-size 8 --skip-eval --out /tmp/ppo   # smoke run
     python train_ppo.py --init checkpoints/sft --rm checkpoints/rm --prompts hh-rlhf --max-new-tokens 128 \\
         --batch-size 64 --lr 1e-6 --iterations 500        # GPU, official GPT-2 pipeline
+    torchrun --nproc_per_node 8 train_ppo.py ...   # each rank its own rollouts; --lora-rank 8 (docs/scale.md)
 """
 
 import argparse

@@ -25,6 +25,7 @@ Run it:
     python train_rm.py                                  # toy world, from checkpoints/sft, ~1 minute on CPU
     python train_rm.py --steps 3 --out /tmp/rm          # smoke run
     python train_rm.py --init checkpoints/sft --data hh-rlhf --block-size 512 --lr 1e-5 --steps 2000   # GPU
+    torchrun --nproc_per_node 8 train_rm.py ...    # several GPUs; --lora-rank 8: adapters + head train (docs/scale.md)
 """
 
 import argparse

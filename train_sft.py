@@ -24,6 +24,8 @@ Run it:
     python train_sft.py --steps 3 --out /tmp/sft          # smoke run
     python train_sft.py --init gpt2 --data alpaca --block-size 512 --batch-size 32 --micro-batch-size 8 \\
         --lr 2e-5 --steps 1000                            # GPU: the official GPT-2 on Alpaca
+    torchrun --nproc_per_node 8 train_sft.py ...          # 8 GPUs, data parallel (docs/scale.md)
+    python train_sft.py --lora-rank 8 --lr 1e-3           # LoRA: only low-rank adapters train (docs/scale.md)
 """
 
 import argparse
