@@ -146,7 +146,8 @@ def main(argv=None):
     model = GPT(config).to(device)
     common.setup_training(model, args)  # --grad-checkpoint
     if args.batch_size % distributed.world_size():
-        raise SystemExit(f"error: --batch-size {args.batch_size} must divide by the {distributed.world_size()} processes")
+        raise SystemExit(f"error: --batch-size {args.batch_size} must divide by the "
+                         f"{distributed.world_size()} processes")
     params = f"{model.num_params() / 1e6:.2f}M"
     common.print_config("train_base", args, {"device": device, "dtype": why, "params": params})
 

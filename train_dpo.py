@@ -35,7 +35,7 @@ Run it:
     python train_dpo.py --beta-sweep 0.03,0.1,0.3,1      # the reward-vs-KL frontier (short runs per beta)
     python train_dpo.py --steps 3 --skip-eval --out /tmp/dpo   # smoke run
     python train_dpo.py --init checkpoints/sft --data hh-rlhf --block-size 512 --lr 5e-7 --beta 0.1 --steps 2000   # GPU
-    torchrun --nproc_per_node 8 train_dpo.py ...   # several GPUs; --lora-rank 8: reference = adapters off (docs/scale.md)
+    torchrun --nproc_per_node 8 train_dpo.py ...   # several GPUs; --lora-rank 8: ref = adapters off (docs/scale.md)
 """
 
 import argparse

@@ -186,7 +186,8 @@ def adapter_state_dict(model: nn.Module) -> dict:
     """The adapters alone (lora_A, lora_B) and whatever else trains (a reward / value head): a small file."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad} | \
                 {n for n in model.state_dict() if ".lora_" in n}
-    return {k: v for k, v in model.state_dict().items() if k in trainable or k.endswith(("reward_shift", "reward_scale"))}
+    normalization = ("reward_shift", "reward_scale")  # a reward model's buffers, set after training
+    return {k: v for k, v in model.state_dict().items() if k in trainable or k.endswith(normalization)}
 
 
 def load_adapters(model: nn.Module, state: dict):
