@@ -22,6 +22,7 @@ Run it:
     python train_base.py                       # tiny model, toy world, ~4 minutes on a 2-core CPU
     python train_base.py --steps 20 --n-docs 2000 --out /tmp/base   # a smoke run, seconds
     python train_base.py --init gpt2           # GPU or CPU: the official 124M weights as the base
+    torchrun --nproc_per_node 8 train_base.py --preset gpt2   # 8 GPUs, data parallel (docs/scale.md)
 """
 
 import argparse
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, errors
+from minipost import common, distributed, errors
 from minipost.model import GPT, OFFICIAL, PRESETS, config_from_preset
 from minipost.tokenizer import Tokenizer
 
@@ -117,7 +118,7 @@ def held_out_loss(model, stream, args, device, dtype, n_batches=8) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
     dtype, why = common.pick_dtype(device, args.dtype)
     if args.init:  # GPT-2 weights as the base: import and save, nothing to train
         try:
@@ -144,6 +145,10 @@ def main(argv=None):
     args.block_size = config.block_size
     tok = Tokenizer(config.vocab_size)
     model = GPT(config).to(device)
+    common.setup_training(model, args)  # --grad-checkpoint
+    if args.batch_size % distributed.world_size():
+        raise SystemExit(f"error: --batch-size {args.batch_size} must divide by the "
+                         f"{distributed.world_size()} processes")
     params = f"{model.num_params() / 1e6:.2f}M"
     common.print_config("train_base", args, {"device": device, "dtype": why, "params": params})
 
@@ -178,6 +183,7 @@ def main(argv=None):
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
         x, y = get_batch(train_stream, args.batch_size, args.block_size, data_rng)
+        x, y = distributed.shard(x), distributed.shard(y)  # DDP: this rank's rows of the global batch
         x, y = x.to(device), y.to(device)
         # ---- TRAINING STEP BEGIN
         with common.autocast(device, dtype):
@@ -186,6 +192,7 @@ def main(argv=None):
         common.check_finite(loss, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_grads(model, average=True)  # DDP: equal shares of a token mean: the mean gradient
         max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
@@ -195,14 +202,17 @@ def main(argv=None):
         last = step == args.steps - 1
         if step % args.log_every == 0 or last:
             dt = time.time() - t_last
-            metrics = dict(loss=loss.item(), lr=lr, grad_norm=grad_norm.item())
-            if (step > 0 and step % args.eval_every == 0) or last:
+            metrics = distributed.mean_metrics(dict(loss=loss.item(), lr=lr, grad_norm=grad_norm.item()))
+            if ((step > 0 and step % args.eval_every == 0) or last) and distributed.is_main():
                 metrics["val_loss"] = held_out_loss(model, val_stream, args, device, dtype)
             metrics["tok/s"] = tokens_since / dt
             log.log(step, **metrics)
             t_last, tokens_since = time.time(), 0
         saver.step_done(step + 1)
 
+    distributed.cleanup()  # DDP: training is over; rank 0 alone evaluates and saves
+    if not distributed.is_main():
+        return
     val = held_out_loss(model, val_stream, args, device, dtype)
     metrics = {"val_loss": val, "steps": args.steps}
     saver.save(args.steps, metrics)

@@ -35,6 +35,7 @@ Run it:
     python train_dpo.py --beta-sweep 0.03,0.1,0.3,1      # the reward-vs-KL frontier (short runs per beta)
     python train_dpo.py --steps 3 --skip-eval --out /tmp/dpo   # smoke run
     python train_dpo.py --init checkpoints/sft --data hh-rlhf --block-size 512 --lr 5e-7 --beta 0.1 --steps 2000   # GPU
+    torchrun --nproc_per_node 8 train_dpo.py ...   # several GPUs; --lora-rank 8: ref = adapters off (docs/scale.md)
 """
 
 import argparse
@@ -47,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, errors, evaluate
+from minipost import common, data, distributed, errors, evaluate, lora
 
 # -----------------------------------------------------------------------------
 # Config
@@ -97,6 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
+    lora.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/dpo", save_every=200)
     args = p.parse_args(argv)
     evaluate.check_policy_pair_args(p, args)
@@ -229,6 +231,7 @@ def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, de
         lr = common.lr_at(step, steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
         picks = torch.randint(0, len(pairs.train), (args.batch_size,), generator=data_rng)
+        picks = distributed.shard(picks)  # DDP: this rank's slice of the global batch (all of it in one process)
         # ---- TRAINING STEP BEGIN
         # Micro-batches: each chunk's mean loss is weighted by its share of the batch, so the accumulated
         # gradient is exactly that of the batch's mean loss, and memory holds one chunk's graph at a time.
@@ -248,12 +251,13 @@ def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, de
                 n_chosen = torch.tensor([len(p.chosen) - p.n_prompt for p in batch], dtype=torch.float32,
                                         device=pol_c.device)  # (b,) response tokens incl. EOS
                 chunk_loss = chunk_loss + args.rpo_alpha * chosen_nll(pol_c, n_chosen).mean()
-            chunk_loss = chunk_loss * (len(batch) / len(picks))
+            chunk_loss = chunk_loss * (len(batch) / args.batch_size)  # its share of the GLOBAL batch's mean
             common.check_finite(chunk_loss, step)
             chunk_loss.backward()
             loss += chunk_loss.detach()
             logps.append(torch.stack([pol_c, pol_r, ref_c, ref_r]).detach())  # (4, b)
         pol_c, pol_r, ref_c, ref_r = torch.cat(logps, dim=1)  # (B,) each, for the metrics below
+        distributed.all_reduce_grads(policy, average=False)  # DDP: the shares add up to the global batch's gradient
         max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
         optimizer.step()
@@ -270,7 +274,9 @@ def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, de
             "logps/chosen": pol_c.mean().item(), "logps/rejected": pol_r.mean().item(), "lr": lr,
             "grad_norm": grad_norm.item(), "ms": (time.time() - t0) * 1000,
         }
-        if pairs.val and ((step + 1) % args.eval_every == 0 or step == steps - 1):
+        metrics = distributed.mean_metrics(metrics)  # DDP: the mean over ranks (loss: their sum = the batch's)
+        metrics["loss"] *= distributed.world_size()
+        if pairs.val and ((step + 1) % args.eval_every == 0 or step == steps - 1) and distributed.is_main():
             check = [pairs.val[i] for i in pairs.check]
             metrics["val_accuracy"] = heldout_accuracy(policy, check, pairs.val_ref_logps[pairs.check], tok.eos_id,
                                                        device, dtype)
@@ -308,16 +314,19 @@ def check_step0(policy, ref, pairs: PairSet, tok, args, device, dtype):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
     dtype, why = common.pick_dtype(device, args.dtype)
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
-        ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        # with LoRA the reference is the policy itself with its adapters off: no second copy of the weights
+        ref = lora.ReferenceView(policy) if args.lora_rank > 0 else \
+            common.load_model(args.init, device, fused_attn=args.fused_attn)[0]
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.frozen(ref)  # the reference never changes: eval mode, no grads, not in the optimizer
     common.seed_everything(args.seed)
+    common.setup_training(policy, args)  # --lora-rank: adapters only; --grad-checkpoint
     block_size, _ = common.stage_context(args.block_size, policy.config.block_size)
     common.print_config("train_dpo", args, {"device": device, "dtype": why, "block_size": block_size})
 
@@ -345,6 +354,10 @@ def main(argv=None):
 
     last, saver = train(policy, ref, pairs, tok, args, beta=args.beta, steps=args.steps, device=device, dtype=dtype,
                         save=save)
+    print(f"peak memory {common.peak_memory_mb(device):.0f} MB")
+    distributed.cleanup()  # DDP: training is over; rank 0 alone evaluates and saves
+    if not distributed.is_main():
+        return
     metrics = {"val_accuracy": last.get("val_accuracy"), "steps": args.steps, "beta": args.beta, "loss": args.loss}
     if val_enc and (len(pairs.check) < len(val_enc) or metrics["val_accuracy"] is None):
         # the periodic check saw a subset (or no step ran: resumed at the end): the final number uses every pair
@@ -377,6 +390,7 @@ def main(argv=None):
         rows = []
         for beta in args.sweep:
             sweep_policy, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+            common.setup_training(sweep_policy, args)  # with LoRA, `ref` (adapters off) still is the SFT model
             last, _ = train(sweep_policy, ref, pairs, tok, args, beta=beta, steps=args.sweep_steps, device=device,
                             dtype=dtype)
             m = evaluate.evaluate_model(sweep_policy, tok, world, device=device, dtype=dtype, refs={"sft": ref},

@@ -73,6 +73,7 @@ Run it:
     python train_grpo.py --steps 2 --prompts-per-step 2 --group-size 4 --skip-eval --out /tmp/grpo   # smoke run
     python train_grpo.py --init checkpoints/sft --rm checkpoints/rm --reward rm --prompts hh-rlhf \\
         --max-new-tokens 128 --prompts-per-step 64 --group-size 8 --lr 1e-6 --steps 300   # GPU, GPT-2
+    torchrun --nproc_per_node 8 train_grpo.py ...  # each rank its own groups; --lora-rank 8 (docs/scale.md)
 """
 
 import argparse
@@ -82,7 +83,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, errors
+from minipost import common, data, distributed, errors, lora
 from minipost.evaluate import generate_responses
 from minipost.tokenizer import chat_prompt
 from minipost.world import judge, lookup, strip_template
@@ -135,6 +136,7 @@ def parse_args(argv=None):
                    help="pass@k on this many of the held-out fact / skill prompts, evenly spread; 0 = all")
     p.add_argument("--passk-also", default="",
                    help="comma-separated checkpoints whose pass@k to measure too (ppo, dpo)")
+    lora.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/grpo", save_every=50)
     args = p.parse_args(argv)
     if args.group_size < 2:
@@ -311,12 +313,18 @@ def sample_groups(policy, tok, instructions: list[str], group_size: int, max_new
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    world = distributed.world_size()
+    if args.prompts_per_step % world or args.minibatch_size % world:
+        raise SystemExit(f"error: --prompts-per-step {args.prompts_per_step} and --minibatch-size "
+                         f"{args.minibatch_size} must divide by the {world} processes (each rank takes an equal share)")
     dtype, why = common.pick_dtype(device, args.dtype)
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
-        ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        # with LoRA the reference is the policy itself with its adapters off: no second copy of the weights
+        ref = lora.ReferenceView(policy) if args.lora_rank > 0 else \
+            common.load_model(args.init, device, fused_attn=args.fused_attn)[0]
         rm = None
         if args.reward in ("rm", "mixed"):
             rm, _, rm_config = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
@@ -328,6 +336,7 @@ def main(argv=None):
     if rm is not None:
         common.frozen(rm)
     common.seed_everything(args.seed)
+    common.setup_training(policy, args)  # --lora-rank: adapters only; --grad-checkpoint
     common.print_config("train_grpo", args, {"device": device, "dtype": why})
 
     # ---- prompts: raw instructions (the judge and the verifier read them; generation adds the template)
@@ -350,7 +359,8 @@ def main(argv=None):
 
     opt = common.make_optimizer(policy, args.lr, weight_decay=0.0)
     data_rng = torch.Generator(device="cpu").manual_seed(args.seed)  # prompt picks and minibatch order
-    sample_rng = torch.Generator(device=device).manual_seed(args.seed)  # sampling
+    # sampling; under DDP each rank samples its own (rank 0 keeps --seed)
+    sample_rng = torch.Generator(device=device).manual_seed(distributed.seed_for_rank(args.seed))
 
     def save(metrics, train_state):
         common.save_stage(args.out, policy, stage="grpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
@@ -361,11 +371,13 @@ def main(argv=None):
     start = saver.start()
     log = saver.logger(args.steps)
 
-    B, G = args.prompts_per_step * args.group_size, args.group_size
+    B, G = args.prompts_per_step * args.group_size // world, args.group_size  # DDP: B = this rank's responses
+    local_minibatch = args.minibatch_size // world  # DDP: this rank's share of each minibatch
     grad_step = start * args.epochs * (B // args.minibatch_size)  # a resumed run continues the warmup where it was
     for step in range(start, args.steps):
         t0 = time.time()
         picks = torch.randint(0, len(instructions), (args.prompts_per_step,), generator=data_rng).tolist()
+        picks = distributed.shard(picks)  # DDP: this rank's prompts of the global batch; it samples their groups
         prompts = [instructions[i] for i in picks]
         group_of = [x for x in prompts for _ in range(G)]  # (B,) the instruction of every response
         policy.eval()
@@ -381,7 +393,7 @@ def main(argv=None):
         perm = torch.randperm(B, generator=data_rng).to(device)
         old_logp, ref_logp = torch.zeros_like(mask), torch.zeros_like(mask)
         with torch.no_grad():
-            for idx in perm.split(args.minibatch_size):
+            for idx in perm.split(local_minibatch):
                 mb = minibatch(batch, idx)
                 old_logp[idx] = response_logprobs(policy, mb, device, dtype)[0]
                 ref_logp[idx] = response_logprobs(ref, mb, device, dtype)[0]
@@ -391,7 +403,7 @@ def main(argv=None):
         acc = []
         for epoch in range(args.epochs):
             order = perm if epoch == 0 else torch.randperm(B, generator=data_rng).to(device)
-            for mb_i, idx in enumerate(order.split(args.minibatch_size)):
+            for mb_i, idx in enumerate(order.split(local_minibatch)):
                 common.set_lr(opt, args.lr * min(1.0, (grad_step + 1) / max(1, args.warmup)))
                 logp, logits = response_logprobs(policy, minibatch(batch, idx), device, dtype)
                 loss, st = grpo_loss(logp, old_logp[idx], ref_logp[idx] if args.kl_coef > 0 else None, advantages[idx],
@@ -408,6 +420,7 @@ def main(argv=None):
                 common.check_finite(loss, grad_step, f"GRPO loss (step {step}, epoch {epoch}, minibatch {mb_i})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.all_reduce_grads(policy, average=True)  # DDP: the mean of the ranks' gradients
                 torch.nn.utils.clip_grad_norm_(policy.parameters(),
                                                args.grad_clip if args.grad_clip > 0 else float("inf"))
                 opt.step()
@@ -439,9 +452,14 @@ def main(argv=None):
             metrics["accuracy"] = sum(map(bool, checkable)) / len(checkable) if checkable else None
         metrics["rollout_s"] = t_roll
         metrics["step_s"] = time.time() - t0
+        metrics = distributed.mean_metrics(metrics)  # DDP: the mean over ranks' rollouts
         log.log(step, **metrics)
         saver.step_done(step + 1)
 
+    print(f"peak memory {common.peak_memory_mb(device):.0f} MB")
+    distributed.cleanup()  # DDP: training is over; rank 0 alone evaluates and saves
+    if not distributed.is_main():
+        return
     policy.eval()
     final = {"steps": args.steps}
     saver.save(args.steps, final)

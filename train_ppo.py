@@ -42,6 +42,7 @@ Run it:
     python train_ppo.py --iterations 2 --batch-size 8 --skip-eval --out /tmp/ppo   # smoke run
     python train_ppo.py --init checkpoints/sft --rm checkpoints/rm --prompts hh-rlhf --max-new-tokens 128 \\
         --batch-size 64 --lr 1e-6 --iterations 500        # GPU, official GPT-2 pipeline
+    torchrun --nproc_per_node 8 train_ppo.py ...   # each rank its own rollouts; --lora-rank 8 (docs/scale.md)
 """
 
 import argparse
@@ -52,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, errors
+from minipost import common, data, distributed, errors, lora
 
 # -----------------------------------------------------------------------------
 # Config
@@ -108,6 +109,7 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=common.nonneg_int, default=8,
                    help="real data: prompts held out of training and answered by SFT and PPO side by side at the "
                         "end (printed, with their reward, and written to samples.jsonl)")
+    lora.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/ppo", save_every=50)
     args = p.parse_args(argv)
     if args.batch_size % args.minibatch_size:
@@ -323,7 +325,11 @@ def explained_variance(values, returns, mask) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    world = distributed.world_size()
+    if args.batch_size % world or args.minibatch_size % world:
+        raise SystemExit(f"error: --batch-size {args.batch_size} and --minibatch-size {args.minibatch_size} must "
+                         f"divide by the {world} processes (each rank takes an equal share)")
     dtype, why = common.pick_dtype(device, args.dtype)
     # ---- prompts first: a bad or empty prompt set is reported before any model loads
     try:
@@ -345,7 +351,9 @@ def main(argv=None):
             raise SystemExit(f"error: prompts of up to {budget} tokens and --max-new-tokens {room} do not fit the "
                              f"context of {policy.config.block_size} tokens; lower --max-new-tokens or "
                              f"--max-prompt-tokens")
-        ref, _, _ = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        # with LoRA the reference is the policy itself with its adapters off: no second copy of the weights
+        ref = lora.ReferenceView(policy) if args.lora_rank > 0 else \
+            common.load_model(args.init, device, fused_attn=args.fused_attn)[0]
         rm, _, rm_config = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
         if args.reward == "rm" and rm_config.get("kind") != "scalar":  # a language model: a random reward head
             raise ckpt.CheckpointError(f"--rm {args.rm} holds a language model, not a reward model (train_rm.py)")
@@ -355,6 +363,8 @@ def main(argv=None):
     common.frozen(ref)
     common.frozen(rm)
     common.seed_everything(args.seed)
+    common.setup_training(policy, args)  # --lora-rank: adapters only; --grad-checkpoint
+    common.setup_training(value_model, args, train_also=("head",))  # the value model too (its head trains fully)
     common.print_config("train_ppo", args, {"device": device, "dtype": why})
 
     # ---- prompts, left-truncated like every stage's, so that a full answer always fits the context
@@ -371,7 +381,9 @@ def main(argv=None):
     opt_v = common.make_optimizer(value_model, args.value_lr, weight_decay=0.0)
     kl_ctl = AdaptiveKL(args.kl_coef, args.target_kl, args.kl_horizon)
     data_rng = torch.Generator(device="cpu").manual_seed(args.seed)  # prompts and minibatch order
-    sample_rng = torch.Generator(device=device).manual_seed(args.seed)  # the responses
+    # the responses; under DDP each rank samples its own (rank 0 keeps --seed)
+    sample_rng = torch.Generator(device=device).manual_seed(distributed.seed_for_rank(args.seed))
+    local_batch, local_minibatch = args.batch_size // world, args.minibatch_size // world  # DDP: this rank's share
 
     def save(metrics, train_state):
         common.save_stage(args.out, policy, stage="ppo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
@@ -389,8 +401,9 @@ def main(argv=None):
     for it in range(start, args.iterations):
         t0 = time.time()
         picks = torch.randint(0, len(prompts), (args.batch_size,), generator=data_rng).tolist()
+        picks = distributed.shard(picks)  # DDP: this rank's prompts of the global batch; it samples their rollouts
         batch_prompts = [prompts[i] for i in picks]
-        perm = torch.randperm(args.batch_size, generator=data_rng).to(device)
+        perm = torch.randperm(local_batch, generator=data_rng).to(device)
         policy.eval()
         rollouts = rollout(policy, ref, rm, value_model, tok, batch_prompts, [enc[i] for i in picks], args,
                            kl_ctl.beta, sample_rng, device, dtype, perm)
@@ -400,12 +413,12 @@ def main(argv=None):
         policy.train()
         value_model.train()
         if it == start:
-            check_first_minibatch(policy, rollouts, perm[: args.minibatch_size], args, device, dtype)
+            check_first_minibatch(policy, rollouts, perm[:local_minibatch], args, device, dtype)
         # ---- TRAINING SECTION BEGIN: PPO epochs over minibatches (epoch 0 in the rollout's order, then reshuffled)
         minibatch_stats = []
         for epoch in range(args.ppo_epochs):
-            order = perm if epoch == 0 else torch.randperm(args.batch_size, generator=data_rng).to(device)
-            for minibatch, idx in enumerate(order.split(args.minibatch_size)):
+            order = perm if epoch == 0 else torch.randperm(local_batch, generator=data_rng).to(device)
+            for minibatch, idx in enumerate(order.split(local_minibatch)):
                 lr_scale = min(1.0, (grad_step + 1) / max(1, args.warmup))
                 common.set_lr(opt_pi, args.lr * lr_scale)
                 common.set_lr(opt_v, args.value_lr * lr_scale)
@@ -422,6 +435,8 @@ def main(argv=None):
                 opt_pi.zero_grad(set_to_none=True)
                 opt_v.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.all_reduce_grads(policy, average=True)  # DDP: the mean of the ranks' gradients
+                distributed.all_reduce_grads(value_model, average=True)
                 max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
                 torch.nn.utils.clip_grad_norm_(value_model.parameters(), max_norm)
@@ -437,7 +452,7 @@ def main(argv=None):
 
         # ---- statistics of this iteration (means over valid tokens / responses only)
         seq_kl = (rollouts["kl"]).sum(dim=1)  # (B,) sequence KL estimate
-        mean_kl = seq_kl.mean().item()
+        mean_kl = distributed.sum_all(seq_kl.mean().item()) / world  # DDP: every rank adapts beta alike
         kl_ctl.update(mean_kl, args.batch_size)
 
         def mean_of(key):
@@ -464,9 +479,14 @@ def main(argv=None):
             metrics["gold_score"] = sum(gold) / len(texts)
         metrics["rollout_s"] = t_roll
         metrics["iter_s"] = time.time() - t0
+        metrics = distributed.mean_metrics(metrics)  # DDP: the mean over ranks' rollouts
         log.log(it, **metrics)
         saver.step_done(it + 1)
 
+    print(f"peak memory {common.peak_memory_mb(device):.0f} MB")
+    distributed.cleanup()  # DDP: training is over; rank 0 alone evaluates and saves
+    if not distributed.is_main():
+        return
     policy.eval()
     final = {"iterations": args.iterations, "beta": kl_ctl.beta}
     if sample_prompts and not args.skip_eval:  # real data: SFT and PPO side by side, each answer with its reward

@@ -25,6 +25,7 @@ Run it:
     python train_rm.py                                  # toy world, from checkpoints/sft, ~1 minute on CPU
     python train_rm.py --steps 3 --out /tmp/rm          # smoke run
     python train_rm.py --init checkpoints/sft --data hh-rlhf --block-size 512 --lr 1e-5 --steps 2000   # GPU
+    torchrun --nproc_per_node 8 train_rm.py ...    # several GPUs; --lora-rank 8: adapters + head train (docs/scale.md)
 """
 
 import argparse
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, errors, evaluate
+from minipost import common, data, distributed, errors, evaluate, lora
 
 # -----------------------------------------------------------------------------
 # Config
@@ -81,6 +82,7 @@ def parse_args(argv=None):
                    help="skip normalization samples and judge agreement (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="judge agreement on this many held-out prompts; 0 = all")
+    lora.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/rm", save_every=200)
     args = p.parse_args(argv)
     evaluate.check_policy_pair_args(p, args)
@@ -128,7 +130,7 @@ def heldout_accuracy(rm, pairs, eos_id, device, dtype) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
     dtype, why = common.pick_dtype(device, args.dtype)
     common.seed_everything(args.seed)  # before the model: its scalar head starts from random weights
     try:
@@ -136,6 +138,7 @@ def main(argv=None):
         rm, tok, init_config = common.load_model(args.init, device, kind="scalar", fused_attn=args.fused_attn)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    common.setup_training(rm, args, train_also=("head",))  # --lora-rank: adapters + the fresh scalar head train
     block_size, _ = common.stage_context(args.block_size, rm.config.block_size)
     common.print_config("train_rm", args, {"device": device, "dtype": why, "block_size": block_size})
 
@@ -171,6 +174,7 @@ def main(argv=None):
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
         picks = torch.randint(0, len(train_enc), (args.batch_size,), generator=data_rng).tolist()
+        picks = distributed.shard(picks)  # DDP: this rank's slice of the global batch (all of it in one process)
         # ---- TRAINING STEP BEGIN
         # Micro-batches: each chunk's mean loss is weighted by its share of the batch, so the accumulated
         # gradient is exactly that of the batch's mean loss.
@@ -179,12 +183,13 @@ def main(argv=None):
         for i in range(0, len(picks), micro):
             chunk = [train_enc[j] for j in picks[i : i + micro]]
             r_c, r_r, m = score_pairs(rm, chunk, tok.eos_id, device, dtype)  # (b,) each
-            chunk_loss = bradley_terry_loss(r_c, r_r, m) * (len(chunk) / len(picks))
+            chunk_loss = bradley_terry_loss(r_c, r_r, m) * (len(chunk) / args.batch_size)  # of the GLOBAL batch
             common.check_finite(chunk_loss, step)
             chunk_loss.backward()
             loss += chunk_loss.detach()
             chunks.append((r_c.detach(), r_r.detach()))
         reward_chosen, reward_rejected = (torch.cat(r) for r in zip(*chunks))  # (B,) each
+        distributed.all_reduce_grads(rm, average=False)  # DDP: the shares add up to the global batch's gradient
         max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), max_norm)
         optimizer.step()
@@ -192,11 +197,17 @@ def main(argv=None):
         metrics = dict(loss=loss.item(), accuracy=(reward_chosen > reward_rejected).float().mean().item(),
                        margin=(reward_chosen - reward_rejected).mean().item(), lr=lr, grad_norm=grad_norm.item(),
                        ms=(time.time() - t0) * 1000)
-        if val_enc and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
+        metrics = distributed.mean_metrics(metrics)  # DDP: the mean over ranks (loss: their sum = the batch's)
+        metrics["loss"] *= distributed.world_size()
+        if val_enc and ((step + 1) % args.eval_every == 0 or step == args.steps - 1) and distributed.is_main():
             metrics["val_accuracy"] = heldout_accuracy(rm, val_check, tok.eos_id, device, dtype)
         log.log(step, **metrics)
         saver.step_done(step + 1)
 
+    print(f"peak memory {common.peak_memory_mb(device):.0f} MB")
+    distributed.cleanup()  # DDP: training is over; rank 0 alone evaluates and saves
+    if not distributed.is_main():
+        return
     rm.eval()
     metrics = {"pair_accuracy": heldout_accuracy(rm, val_enc, tok.eos_id, device, dtype) if val_enc else None,
                "heldout_pairs": len(val_enc)}

@@ -24,6 +24,8 @@ Run it:
     python train_sft.py --steps 3 --out /tmp/sft          # smoke run
     python train_sft.py --init gpt2 --data alpaca --block-size 512 --batch-size 32 --micro-batch-size 8 \\
         --lr 2e-5 --steps 1000                            # GPU: the official GPT-2 on Alpaca
+    torchrun --nproc_per_node 8 train_sft.py ...          # 8 GPUs, data parallel (docs/scale.md)
+    python train_sft.py --lora-rank 8 --lr 1e-3           # LoRA: only low-rank adapters train (docs/scale.md)
 """
 
 import argparse
@@ -32,7 +34,7 @@ import time
 import torch
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, errors
+from minipost import common, data, distributed, errors, lora
 
 # -----------------------------------------------------------------------------
 # Config
@@ -75,6 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
+    lora.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/sft", save_every=200)
     args = p.parse_args(argv)
     if args.micro_batch_size == -1:
@@ -130,7 +133,7 @@ def held_out_loss(model, examples, tok, device, dtype, batch_size=32) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
     dtype, why = common.pick_dtype(device, args.dtype)
     # ---- data first: a missing or bad file is reported before any model loads
     try:
@@ -145,6 +148,7 @@ def main(argv=None):
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.seed_everything(args.seed)
+    common.setup_training(model, args)  # --lora-rank: adapters only; --grad-checkpoint
     block_size, max_prompt = common.stage_context(args.block_size, model.config.block_size, args.max_prompt_tokens)
     common.print_config("train_sft", args, {"device": device, "dtype": why, "block_size": block_size,
                                             "params": f"{model.num_params() / 1e6:.2f}M"})
@@ -179,6 +183,7 @@ def main(argv=None):
         lr = common.lr_at(step, args.steps, args.lr, args.warmup, args.min_lr_ratio)
         common.set_lr(optimizer, lr)
         picks = torch.randint(0, len(train_seqs), (args.batch_size,), generator=data_rng).tolist()
+        picks = distributed.shard(picks)  # DDP: this rank's slice of the global batch (all of it in one process)
         # micro-batches of similar lengths: the gradient is that of the whole batch (sft_loss divides by the
         # step's token count), but a short answer no longer pays for the padding of the longest poem
         groups = data.length_groups([len(train_seqs[i][0]) for i in picks], args.micro_batch_size)
@@ -187,7 +192,8 @@ def main(argv=None):
         if args.loss_on == "all":  # every real token becomes a target, the prompt's too (docs/exercises.md)
             micro = [dict(b, response_mask=b["attention_mask"]) for b in micro]
         # ---- TRAINING STEP BEGIN
-        n_targets = sum(count_targets(b) for b in micro)  # response tokens in the whole step
+        # response tokens in the whole step -- of every rank's slice (DDP), so each rank's loss is its share
+        n_targets = distributed.sum_all(sum(count_targets(b) for b in micro))
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for b in micro:
@@ -197,6 +203,8 @@ def main(argv=None):
             common.check_finite(loss, step, f"loss (micro-batch of {b['input_ids'].size(0)})")
             loss.backward()
             step_loss += loss.item()
+        distributed.all_reduce_grads(model, average=False)  # DDP: the shares add up to the global batch's gradient
+        step_loss = distributed.sum_all(step_loss)
         max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
@@ -204,11 +212,15 @@ def main(argv=None):
         dt = time.time() - t0
         tokens = sum(int(b["attention_mask"].sum()) for b in micro)
         metrics = dict(loss=step_loss, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000, **{"tok/s": tokens / dt})
-        if val_seqs and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
+        if val_seqs and ((step + 1) % args.eval_every == 0 or step == args.steps - 1) and distributed.is_main():
             metrics["val_loss"] = held_out_loss(model, val_check, tok, device, dtype)
         log.log(step, **metrics)
         saver.step_done(step + 1)
 
+    print(f"peak memory {common.peak_memory_mb(device):.0f} MB")
+    distributed.cleanup()  # DDP: training is over; rank 0 alone evaluates and saves
+    if not distributed.is_main():
+        return
     final = {"val_loss": held_out_loss(model, val_seqs, tok, device, dtype) if val_seqs else None, "steps": args.steps}
     saver.save(args.steps, final)
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/loss.png", ["loss", "val_loss"], "SFT (train_sft.py)")

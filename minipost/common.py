@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
+from minipost import distributed, lora
 from minipost.download import DownloadError
 from minipost.errors import UserError
 from minipost.model import (GPT, OFFICIAL, CausalSelfAttention, GPTConfig, GPTScalar, config_from_preset,
@@ -138,6 +139,9 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337, 
     p.add_argument("--fused-attn", action="store_true",
                    help="attention with torch's fused scaled_dot_product_attention (flash / memory-efficient "
                         "kernels on a GPU) instead of the hand-written path; same results up to rounding")
+    p.add_argument("--grad-checkpoint", action="store_true",
+                   help="activation checkpointing: keep only each block's input in the forward pass and recompute "
+                        "the rest in backward (less memory for long sequences / big models, ~30%% more compute)")
     p.add_argument("--seed", type=seed_int, default=seed, help="random seed (data order, init, sampling)")
     p.add_argument("--save-every", type=nonneg_int, default=save_every,
                    help="write a resumable checkpoint every N steps; 0 = only at the end")
@@ -301,8 +305,10 @@ def pair_accuracy(margins, pairs: list, batch_size: int = 64) -> float:
 class StepLogger:
     def __init__(self, path: Path, total_steps: int, append: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not append and self.path.exists():
+        self.write = distributed.is_main()  # under torchrun only rank 0 prints and writes the log
+        if self.write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.write and not append and self.path.exists():
             self.path.unlink()
         self.total = total_steps
         self.t0 = time.time()
@@ -310,6 +316,8 @@ class StepLogger:
 
     def log(self, step: int, **metrics):
         """Print `step 0042/1000 | loss 2.3141 | ... | eta 1m20s` and append the metrics as JSON."""
+        if not self.write:
+            return
         if self.done_at_start is None:
             self.done_at_start = step
         elapsed = time.time() - self.t0
@@ -406,6 +414,8 @@ def load_model(source: str, device="cpu", kind: str | None = "lm", fused_attn: b
         raise ckpt.CheckpointError(f"no checkpoint at {source} (run the previous stage, or pass a GPT-2 name: "
                                    f"{', '.join(OFFICIAL)})")
     state, config = ckpt.load_checkpoint(source)
+    if config.get("lora", {}).get("saved") == "adapters":  # adapters alone: the base they adapt, then them
+        return load_lora_adapters(source, state, config, device, kind, fused_attn)
     try:  # config.json is a text file anyone can edit: a field that cannot build the model is named as its fault
         gcfg = dropout_off(GPTConfig.from_dict(config["model"]))  # post-training compares log-probs: no dropout
         saved_kind = config.get("kind", "lm")
@@ -431,6 +441,51 @@ def load_model(source: str, device="cpu", kind: str | None = "lm", fused_attn: b
     return set_attention(model, fused_attn).to(device), tok, config
 
 
+def load_lora_adapters(source, state, config, device, kind, fused_attn):
+    """A checkpoint written with --lora-save adapters: the base model it names, LoRA applied, the adapters loaded."""
+    spec = config["lora"]
+    model, tok, _ = load_model(spec["base"], device, kind=kind or config.get("kind", "lm"), fused_attn=fused_attn)
+    lora.apply_lora(model, spec["rank"], spec["alpha"], spec["targets"], train_also=("head",))
+    try:
+        lora.load_adapters(model, state)
+    except KeyError as e:
+        raise ckpt.CheckpointError(f"{source}: adapters do not fit the base {spec['base']}: {e}") from e
+    return model.to(device), tok, config
+
+
+def setup_training(model, args, train_also: tuple[str, ...] = ()):
+    """The model that trains: --lora-rank r > 0 puts adapters on the targeted layers and freezes everything else
+    except `train_also` (lora.py); --grad-checkpoint recomputes each block's activations in backward instead of
+    storing them (GPT.grad_checkpoint). Prints trainable and total parameters."""
+    for m in model.modules():
+        if isinstance(m, GPT):
+            m.grad_checkpoint = getattr(args, "grad_checkpoint", False)
+    rank = getattr(args, "lora_rank", 0)
+    if rank > 0:
+        lora.apply_lora(model, rank, args.lora_alpha, args.lora_targets, train_also)
+    trainable, total = lora.count_params(model)
+    print(f"parameters: {trainable / 1e6:.3f}M trainable of {total / 1e6:.2f}M ({100 * trainable / total:.2f}%)"
+          + (f"; LoRA r={rank} alpha={args.lora_alpha:g} on {','.join(args.lora_targets)}" if rank > 0 else ""))
+    return model
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory of this process so far, in MiB: CUDA's allocator peak on a GPU, else the peak resident set
+    (Linux: VmHWM of this process image; ru_maxrss would include the peak of the parent that started it)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # macOS reports bytes
+
+
 def set_attention(model: torch.nn.Module, fused: bool | None) -> torch.nn.Module:
     """Switch every attention layer of a GPT or GPTScalar to the fused (True) or hand-written (False) path;
     None leaves it as it is. The config follows, so a saved checkpoint says which path trained it."""
@@ -454,6 +509,10 @@ def save_stage(out_dir, model, *, stage: str, kind: str, tokenizer: Tokenizer, a
                train_state: dict | None = None, extra: dict | None = None):
     """Write a checkpoint directory: weights, config.json (model config, tokenizer, args, metrics), train state."""
     cfg = model.config
+    if lora.has_adapters(model):  # merged weights (default) or the adapters alone, and how to rebuild the model
+        how = getattr(args, "lora_save", "merged")
+        extra = {**(extra or {}), "lora": lora.lora_config(args, getattr(args, "init", ""))}
+        model = lora.SaveView(model, how)
     config = {
         "stage": stage,
         "kind": kind,
@@ -494,6 +553,8 @@ class Checkpointer:
 
     def train_state(self, step: int) -> dict:
         state = {"step": step, "rng": rng_state()}
+        if lora.has_adapters(self.model):  # model.safetensors holds merged weights: the adapters travel here
+            state["lora_adapters"] = lora.adapter_state_dict(self.model)
         for name, part in self.parts.items():
             if isinstance(part, torch.Generator):
                 state[name] = part.get_state()
@@ -507,12 +568,18 @@ class Checkpointer:
         """Restore everything from the checkpoint in --out when resuming; the step to start at (0 otherwise)."""
         if not self.resume or self.write is None:
             return 0
-        state_dict, _ = ckpt.load_checkpoint(self.out)
-        ckpt.load_into(self.model, state_dict, self.out)
         state = ckpt.load_train_state(self.out)
         if state.get("step", 0) > self.total:  # else the loop would not run and the save would misstate the step
             raise ckpt.CheckpointError(f"--resume: {self.out} is at step {state['step']}, past the {self.total} "
                                        "steps asked for; ask for more steps to continue it")
+        if lora.has_adapters(self.model):  # the frozen weights are --init's; the adapters come from the state
+            if "lora_adapters" not in state:
+                raise ckpt.CheckpointError(f"{self.out}/{ckpt.STATE_FILE} holds no LoRA adapters: it was not "
+                                           "written by a --lora-rank run")
+            lora.load_adapters(self.model, state["lora_adapters"])
+        else:
+            state_dict, _ = ckpt.load_checkpoint(self.out)
+            ckpt.load_into(self.model, state_dict, self.out)
         missing = [name for name in ["step", "rng", *self.parts] if name not in state]
         if missing:
             raise ckpt.CheckpointError(f"{self.out}/{ckpt.STATE_FILE} lacks {missing}: it was written by another "
@@ -533,18 +600,19 @@ class Checkpointer:
         """The step log, continued where the checkpoint stopped (each step once), or started afresh."""
         if self.write is None:
             return None
-        ckpt.start_log(self.out, self.start_step)
+        if distributed.is_main():
+            ckpt.start_log(self.out, self.start_step)
         return StepLogger(Path(self.out) / ckpt.LOG_FILE, total, append=True)
 
     def save(self, step: int, metrics: dict):
-        if self.write is not None:
+        if self.write is not None and distributed.is_main():  # under torchrun only rank 0 writes checkpoints
             self.write(metrics, self.train_state(step))
 
     def step_done(self, step: int):
         """After `step` steps: a checkpoint every --save-every steps. --stop-at (tests) ends the process
         here as a kill would: nothing saved beyond the periodic checkpoints, no cleanup run."""
         # (the last step's save is the stage's own, with its final metrics)
-        if self.write is not None and self.every > 0 and step % self.every == 0 and step < self.total:
+        if self.every > 0 and step % self.every == 0 and step < self.total:
             self.save(step, {"unfinished_at_step": step})  # what config.json says of a mid-run checkpoint
         if step == self.stop_at:
             print(f"stopped at step {step} (--stop-at, as if killed); continue with --resume", flush=True)

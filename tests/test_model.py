@@ -185,3 +185,56 @@ def test_matches_transformers_gpt2(tmp_path):
         torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=1e-4)
         greedy = hf.generate(idx[:1, :5], max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(idx[:1, :5], 10, temperature=0), greedy)
+
+
+def official_param_count(name: str) -> int:
+    """GPT-2's parameter count from its shape: embeddings + n_layer blocks (12 C^2 + 13 C each) + ln_f."""
+    c = config_from_preset(name)
+    C = c.n_embd
+    return c.vocab_size * C + c.block_size * C + c.n_layer * (12 * C * C + 13 * C) + 2 * C
+
+
+def test_presets_match_the_published_sizes():
+    """The layouts of OpenAI's four checkpoints (n_layer / n_head / n_embd) and their published parameter counts
+    (the lm_head is tied to wte); counted from the shapes, without building a 1.5B model."""
+    layouts = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
+               "gpt2-xl": (48, 25, 1600)}
+    published = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080,
+                 "gpt2-xl": 1_557_611_200}
+    for name, (n_layer, n_head, n_embd) in layouts.items():
+        c = config_from_preset(name)
+        assert (c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size) == (n_layer, n_head, n_embd, 1024, 50257)
+        assert official_param_count(name) == published[name]
+    assert official_param_count("tiny") == GPT(config_from_preset("tiny")).num_params()  # the formula itself
+
+
+@pytest.mark.parametrize("name", ["gpt2-medium", "gpt2-large", "gpt2-xl"])
+def test_larger_layouts_match_transformers(name, tmp_path):
+    """The larger sizes, scaled down: their head counts (16, 20, 25 -- 25 is odd) at 2 dims per head and 3 layers,
+    random weights saved by transformers, loaded by GPT.from_pretrained: the same logits."""
+    tr = pytest.importorskip("transformers")
+    n_head = config_from_preset(name).n_head
+    torch.manual_seed(0)
+    hf_cfg = tr.GPT2Config(n_positions=32, n_embd=2 * n_head, n_layer=3, n_head=n_head, vocab_size=97,
+                           resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    hf = tr.GPT2LMHeadModel(hf_cfg).eval()
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    assert (ours.config.n_layer, ours.config.n_head, ours.config.n_embd) == (3, n_head, 2 * n_head)
+    idx = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """--grad-checkpoint recomputes each block in backward: same loss and gradients, less stored activation."""
+    grads = []
+    for on in (False, True):
+        model = tiny()
+        model.grad_checkpoint = on
+        idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(1))
+        loss = F.cross_entropy(model(idx)[:, :-1].reshape(-1, 97), idx[:, 1:].reshape(-1))
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
