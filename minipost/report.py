@@ -197,6 +197,54 @@ def plot_hacking(runs: dict, path: Path):
     plt.close(fig)
 
 
+def plot_best_of_n(bon: dict, path: Path):
+    """Best-of-n against the reward model: the pick's RM score (the proxy) and gold score against the analytic
+    KL log n - (n - 1)/n, each on its own axis (Gao et al. 2022, figure 1, in miniature)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(bon["kl"], bon["rm_score"], marker="o", color="#4c72b0", label="RM score (the proxy)")
+    ax.set_xlabel("KL of best-of-n to SFT: log n - (n-1)/n (nats)")
+    ax.set_ylabel("reward-model score", color="#4c72b0")
+    gold = ax.twinx()
+    gold.plot(bon["kl"], bon["gold_score"], marker="s", color="#c44e52", label="gold-judge score (the truth)")
+    gold.set_ylabel("gold-judge score", color="#c44e52")
+    for x, n in zip(bon["kl"], bon["n"]):
+        ax.annotate(f"n={n}", (x, bon["rm_score"][bon["n"].index(n)]), fontsize=7, textcoords="offset points",
+                    xytext=(2, -10))
+    ax.set_title(f"best-of-n against the reward model ({bon['n_prompts']} held-out prompts)")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="lower center", fontsize=8, ncol=2)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def best_of_n_lines(d: Path) -> list[str]:
+    """Section 4's first part: best-of-n against the RM (bestofn.json of the best-of-n stage), with what it shows."""
+    bon = _read_json(d / "best-of-n" / "bestofn.json")
+    if not bon:
+        return ["(best-of-n: missing; run python -m minipost.evaluate checkpoints/sft --rm checkpoints/rm "
+                "--out checkpoints/best-of-n)", ""]
+    plot_best_of_n(bon, d / "best_of_n.png")
+    lines = ["**Best-of-n against the reward model** (no training): for each held-out prompt, n samples of SFT; the "
+             "reward model picks its favourite; the gold judge scores that pick. KL to SFT is log n - (n-1)/n.", "",
+             "![best-of-n](best_of_n.png)", "", "| n | KL (nats) | RM score of the pick | gold score of the pick |",
+             "|---|---|---|---|"]
+    lines += [f"| {n} | {kl:.2f} | {r:+.3f} | {g:+.3f} |"
+              for n, kl, r, g in zip(bon["n"], bon["kl"], bon["rm_score"], bon["gold_score"])]
+    peak = max(range(len(bon["n"])), key=lambda i: bon["gold_score"][i])
+    last = len(bon["n"]) - 1
+    lines += ["", f"What it shows: the RM score rises from {bon['rm_score'][0]:+.3f} (n=1) to {bon['rm_score'][-1]:+.3f} "
+              f"(n={bon['n'][-1]}); the gold score "
+              + (f"peaks at n={bon['n'][peak]} ({bon['gold_score'][peak]:+.3f}) and falls to "
+                 f"{bon['gold_score'][-1]:+.3f} at n={bon['n'][-1]}: past the peak, picking harder for the proxy picks "
+                 "what the reward model over-rates -- over-optimization (Gao et al. 2022)."
+                 if peak < last and bon["gold_score"][peak] - bon["gold_score"][-1] > 0.01 else
+                 f"goes from {bon['gold_score'][0]:+.3f} to {bon['gold_score'][-1]:+.3f} without falling: at this KL the "
+                 "reward model still agrees with the judge."), ""]
+    return lines
+
+
 def plot_stage_curves(ckpt_dir: Path, path: Path):
     """One row of panels per stage: the main training curves from each log.jsonl."""
     plt = _plt()
@@ -380,7 +428,9 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
         rows = _read_jsonl(d / run / "log.jsonl")
         if rows:
             runs[label] = rows
-    lines += ["## 4. Reward hacking: the KL penalty at work", ""]
+    lines += ["## 4. Reward hacking: the proxy rises, the truth falls", ""]
+    lines += best_of_n_lines(d)
+    lines += ["**PPO with and without the KL penalty:**", ""]
     if runs:
         plot_hacking(runs, d / "hacking.png")
         lines += ["![reward hacking](hacking.png)", "",
