@@ -2,13 +2,16 @@
 The whole post-training pipeline on the embedded default, in one command, then the report.
 Teaches: how the stages feed each other (base -> SFT -> RM -> PPO, SFT -> DPO) and what each adds, in one report.
 
-    python pipeline.py                 # base -> SFT -> RM -> PPO (+ a run without KL penalty) -> DPO (+ a second beta)
+    python pipeline.py                 # base -> SFT -> RM -> best-of-n vs the RM -> PPO (+ a run without KL penalty)
+                                       # -> DPO (+ a second beta) -> online DPO (labelled by the RM)
                                        # -> GRPO (mixed rewards, + pass@k) -> a 4x larger base with SFT only
                                        # -> checkpoints/report.md
     python pipeline.py --grpo-ablations  # also GRPO with the verifier alone and with the gold judge
     python pipeline.py --redo ppo,dpo  # rerun some stages (finished stages are reused otherwise)
     python pipeline.py --redo all
     python pipeline.py --micro         # seconds-long stages, for tests and a first look
+    python pipeline.py --full          # ~1 hour: a 4x larger base trained as long as the small one (the fair
+                                       # InstructGPT comparison) and PPO without KL penalty long enough to collapse
     python pipeline.py --seed 1        # everything again with seed 1 -- the toy world (facts split, corpus,
                                        # demos, pairs) and every stage -- into checkpoints/seed-1
 
@@ -37,7 +40,7 @@ from minipost.checkpoint import has_checkpoint
 HERE = Path(__file__).resolve().parent  # the stage scripts live beside this file, wherever it is run from
 
 # (name, script, arguments, output directory). Later stages read the earlier ones' checkpoints.
-def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None = None):
+def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None = None, full: bool = False):
     c = lambda s: f"{ck}/{s}"
     absolute = lambda s: str((Path(ck) / s).resolve())  # the evaluation module runs in HERE (see main)
     if micro:  # tiny settings: the whole pipeline in about a minute (tests)
@@ -47,6 +50,7 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
         rm = ["--steps", "10", "--eval-every", "5", "--norm-samples", "16", "--policy-pairs", "16"] + lim
         ppo = ["--iterations", "2", "--batch-size", "8", "--minibatch-size", "4", "--max-new-tokens", "8"] + lim
         dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5", "--policy-pairs", "16"] + lim
+        dpo_online = ["--steps", "3", "--batch-size", "4", "--eval-every", "3"] + lim
         grpo = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--minibatch-size", "8",
                 "--max-new-tokens", "8", "--passk-samples", "4", "--passk-prompts", "8"] + lim
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
@@ -57,16 +61,20 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
         # GRPO's pass@k: 64 samples for each of 64 held-out fact / skill prompts, per model
         base, sft, rm, ppo, dpo, grpo = [], [], [], [], ["--beta-sweep", "0.1"], ["--passk-prompts", "64"]
         big = ["--steps", "100"]
+        dpo_online = []
         bon = []  # 64 samples of SFT for each of 128 held-out prompts, scored by the RM and the judge
     # GRPO also measures pass@k of SFT, base, PPO and DPO (stored in their directories), hence after them
     grpo_stage = ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--passk-also", f"{c('ppo')},{c('dpo')}"]
     ablations = [(f"grpo-{r}", "train_grpo.py", grpo_stage + ["--reward", r] + grpo, c(f"grpo-{r}"))
                  for r in ("verifier", "judge")] if grpo_ablations else []
     nokl = ppo or ["--iterations", "12"]
+    if full and not micro:  # ~1 hour: InstructGPT's comparison with a larger base that IS the better LM, and a
+        big = ["--steps", "800"]  # no-KL PPO run long enough to collapse
+        nokl = ["--iterations", "50"]
     if seed is not None:  # every stage with this seed; the world too (train_base.py builds it: --world-seed)
         base = ["--world-seed", str(seed)] + base
-        base, sft, rm, ppo, nokl, dpo, grpo, big, bon = (
-            [*a, "--seed", str(seed)] for a in (base, sft, rm, ppo, nokl, dpo, grpo, big, bon))
+        base, sft, rm, ppo, nokl, dpo, dpo_online, grpo, big, bon = (
+            [*a, "--seed", str(seed)] for a in (base, sft, rm, ppo, nokl, dpo, dpo_online, grpo, big, bon))
     return [
         ("base", "train_base.py", base, c("base")),
         ("sft", "train_sft.py", ["--init", c("base")] + sft, c("sft")),
@@ -79,6 +87,9 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
         ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--kl-coef", "0"]
          + nokl, c("ppo-nokl")),
         ("dpo", "train_dpo.py", ["--init", c("sft"), "--base", c("base")] + dpo, c("dpo")),
+        # online DPO: pairs sampled from the policy as it trains, labelled by the reward model
+        ("dpo-online", "train_dpo.py", ["--init", c("sft"), "--base", c("base"), "--online", "--labeler", "rm",
+                                        "--rm", c("rm")] + dpo_online, c("dpo-online")),
         ("grpo", "train_grpo.py", grpo_stage + grpo, c("grpo")),
         *ablations,
         ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),
@@ -113,6 +124,9 @@ def main(argv=None):
     p.add_argument("--redo", default="", help="comma-separated stages to run again, or 'all'")
     p.add_argument("--only", default="", help="comma-separated stages to run (others are skipped, even if missing)")
     p.add_argument("--micro", action="store_true", help="tiny settings: seconds per stage (tests)")
+    p.add_argument("--full", action="store_true",
+                   help="about an hour: the 4x larger base pre-trained as long as the small one (800 steps), and PPO "
+                        "without KL penalty for 50 iterations")
     p.add_argument("--device", default="", help="passed to every stage")
     p.add_argument("--grpo-ablations", action="store_true",
                    help="also run GRPO with the verifier alone (grpo-verifier) and with the gold judge (grpo-judge)")
@@ -123,7 +137,7 @@ def main(argv=None):
         os.environ["MINIPOST_WORLD_SEED"] = str(args.seed)
     named = f"{args.only},{args.redo}".split(",")  # naming an ablation stage asks for it too
     plan = stages(args.checkpoints, args.micro, args.grpo_ablations or any(s.startswith("grpo-") for s in named),
-                  seed=args.seed)
+                  seed=args.seed, full=args.full)
     names = [s[0] for s in plan]
     redo = set(names) if args.redo == "all" else {s for s in args.redo.split(",") if s}
     only = {s for s in args.only.split(",") if s}

@@ -23,7 +23,8 @@ from pathlib import Path
 from minipost.checkpoint import stamp_mismatch
 
 POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO")]
-POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO"), ("grpo", "GRPO")]
+POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO"), ("dpo-online", "online DPO"),
+            ("grpo", "GRPO")]
 # GRPO runs that differ only in --reward (pipeline.py --grpo-ablations); the judge run is an ablation
 GRPO_RUNS = [("grpo", "GRPO, mixed rewards (default)"), ("grpo-verifier", "GRPO, verifier only"),
              ("grpo-judge", "GRPO, gold judge (ablation: a perfect reward model)")]
@@ -154,19 +155,27 @@ def plot_frontier(ppo_points: list[dict], dpo_points: list[dict], path: Path, sf
 
 
 def _pretraining_comparison(d: Path, evals: dict) -> list[str]:
-    """How much pre-training each base got: InstructGPT's larger model was the better-trained one; on a
-    laptop budget the larger base here may be the worse-trained one, and the reader must know which."""
-    rows = []
+    """How much pre-training each base got, and which comparison that makes: InstructGPT's larger model was the
+    better-trained one (lower held-out loss, knows at least as much); on a laptop budget (python pipeline.py) the
+    larger base here may be the worse-trained one, and the reader must know which (python pipeline.py --full
+    trains it as long as the small one)."""
+    rows, stats = [], {}
     for stage, knows in (("base", "base"), ("base-4x", "sft-4x")):
         log = [r for r in _read_jsonl(d / stage / "log.jsonl") if r.get("val_loss") is not None]
         know = (evals.get(knows) or {}).get("knowledge_rank_accuracy")
         if log:
+            stats[stage] = (log[-1]["val_loss"], know)
             rows.append(f"{stage} {log[-1]['step'] + 1} steps, held-out LM loss {log[-1]['val_loss']:.3f}"
                         + (f", knows {100 * know:.0f}% of held-out facts" if know is not None else ""))
     if len(rows) < 2:
         return []
-    return ["", "Pre-training: " + "; ".join(rows) + ". The comparison holds only for these budgets: a larger base "
-            "that saw less pre-training is not InstructGPT's setting, where the larger model was also the better one."]
+    (small_loss, small_know), (big_loss, big_know) = stats["base"], stats["base-4x"]
+    fair = big_loss < small_loss and big_know is not None and small_know is not None and big_know >= small_know
+    verdict = ("This is InstructGPT's comparison: the larger base is the better language model (lower held-out loss, "
+               "knows at least as many held-out facts)." if fair else
+               "This is NOT InstructGPT's comparison: here the larger base is the worse-trained language model, so "
+               "the result says little about size; python pipeline.py --full trains it long enough.")
+    return ["", "Pre-training: " + "; ".join(rows) + ". " + verdict]
 
 
 def _running_mean(xs: list, w: int = 5) -> list:
@@ -345,6 +354,28 @@ def grpo_section(d: Path) -> list[str]:
     return lines
 
 
+def online_dpo_lines(d: Path, evals: dict) -> list[str]:
+    """Offline vs online DPO (train_dpo.py --online): win rate, refusals, KL, and the log-probs of the chosen and
+    rejected answers at the end of training (mean of the last 5 logged steps)."""
+    runs = [(s, name) for s, name in (("dpo", "DPO (offline pairs)"), ("dpo-online", "online DPO")) if evals.get(s)]
+    if len(runs) < 2:
+        return []
+    lines = ["**Offline vs online DPO.** Offline DPO trains on pairs sampled once from SFT; online DPO samples two "
+             "answers per prompt from the policy as it is at every step and lets the reward model label them. "
+             "Likelihood displacement shows as log pi(chosen) falling during offline training.", "",
+             "| run | win rate vs SFT | harmful refused | harmless refused | KL to SFT | log pi(chosen) first → last | "
+             "log pi(rejected) first → last |", "|---|---|---|---|---|---|---|"]
+    for s, name in runs:
+        ev = evals[s]
+        rows = [r for r in _read_jsonl(d / s / "log.jsonl") if r.get("logps/chosen") is not None]
+        lp = lambda k: f"{_mean(rows[:5], k):.1f} → {_mean(rows[-5:], k):.1f}" if rows else "–"
+        lines.append(f"| {name} | {_fmt(ev.get('win_rate_vs_sft'), True)} | {_fmt(ev.get('harmful_refusal_rate'), True)} "
+                     f"| {_fmt(ev.get('benign_refusal_rate'), True)} | {_fmt(ev.get('kl_to_sft'))} | "
+                     f"{lp('logps/chosen')} | {lp('logps/rejected')} |")
+    return lines + ["", "(Online DPO's chosen and rejected are new samples at every step, so its log-probs describe the "
+                        "policy's current answers, not a fixed set.)", ""]
+
+
 def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     """Write ckpt_dir/report.md and its PNGs from the stages' outputs. Missing stages are marked missing."""
     d = Path(ckpt_dir)
@@ -421,6 +452,7 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
         lines.append("")
     else:
         lines += ["(missing)", ""]
+    lines += online_dpo_lines(d, evals)
 
     # 4. reward hacking
     runs = {}
