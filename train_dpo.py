@@ -27,6 +27,15 @@ the same function serves chosen, rejected, policy and reference. At step 0 the p
 so h = 0 and the loss is exactly ln 2 (checked and printed). Dropout is off: with dropout the policy
 would differ from its own reference.
 
+Online DPO (`--online`, Guo et al. 2024): offline DPO trains on pairs sampled once, from SFT or other
+models; online DPO samples two answers per prompt from the CURRENT policy at every step, lets a labeler
+(`--labeler rm`: the reward model in --rm; `--labeler judge`: the toy world's gold judge) pick chosen and
+rejected (ties skipped), and takes one DPO step on those pairs -- same loss, same frozen SFT reference. Why:
+DPO's loss sees only the margin h, so on a fixed set of pairs it can widen h by moving probability off
+BOTH answers onto text that no pair contains (likelihood displacement); nothing then checks that text. On
+policy, what the model now says is what gets sampled and labelled next, so a drift toward worse answers is
+pushed back at the next step -- the property PPO gets from its rollouts, without a value model.
+
 Simplifications: the IPO loss uses summed (not length-averaged) log-probs, like the DPO loss; reference
 log-probs are computed once before training (`--ref-logps precompute`, the default) or on the fly.
 
@@ -34,6 +43,7 @@ Run it:
     python train_dpo.py                                  # toy world, from checkpoints/sft, ~2 minutes on a 2-core CPU
     python train_dpo.py --beta-sweep 0.03,0.1,0.3,1      # the reward-vs-KL frontier (short runs per beta)
     python train_dpo.py --steps 3 --skip-eval --out /tmp/dpo   # smoke run
+    python train_dpo.py --online --labeler rm --rm checkpoints/rm --out checkpoints/dpo-online   # online DPO
     python train_dpo.py --init checkpoints/sft --data hh-rlhf --block-size 512 --lr 5e-7 --beta 0.1 --steps 2000   # GPU
 """
 
