@@ -160,7 +160,8 @@ def main(argv=None):
             cmd = [sys.executable, str(HERE / script), "--out", out, keep] + stage_args
         if args.device:
             cmd += ["--device", args.device]
-        print(f"[{i}/{len(plan)}] {name}: {' '.join([script] + cmd[2:])}", flush=True)
+        shown = cmd[1:] if cmd[1] == "-m" else [script] + cmd[2:]  # "-m minipost.evaluate ..." or "train_x.py ..."
+        print(f"[{i}/{len(plan)}] {name}: {' '.join(shown)}", flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=HERE) if script.startswith("minipost/") else subprocess.run(cmd)
         if proc.returncode != 0:
