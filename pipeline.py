@@ -2,13 +2,24 @@
 The whole post-training pipeline on the embedded default, in one command, then the report.
 Teaches: how the stages feed each other (base -> SFT -> RM -> PPO, SFT -> DPO) and what each adds, in one report.
 
-    python pipeline.py                 # base -> SFT -> RM -> PPO (+ a run without KL penalty) -> DPO (+ a second beta)
+    python pipeline.py                 # base -> SFT -> RM -> best-of-n vs the RM -> PPO (+ a run without KL penalty)
+                                       # -> DPO (+ a second beta) -> online DPO (labelled by the RM)
                                        # -> GRPO (mixed rewards, + pass@k) -> a 4x larger base with SFT only
                                        # -> checkpoints/report.md
     python pipeline.py --grpo-ablations  # also GRPO with the verifier alone and with the gold judge
     python pipeline.py --redo ppo,dpo  # rerun some stages (finished stages are reused otherwise)
     python pipeline.py --redo all
     python pipeline.py --micro         # seconds-long stages, for tests and a first look
+    python pipeline.py --full          # ~1 hour: a 4x larger base trained as long as the small one (the fair
+                                       # InstructGPT comparison) and PPO without KL penalty long enough to collapse
+    python pipeline.py --seed 1        # everything again with seed 1 -- the toy world (facts split, corpus,
+                                       # demos, pairs) and every stage -- into checkpoints/seed-1
+
+After the reward model, `best-of-n` picks the reward model's favourite of n SFT samples (n = 1 ... 64) and
+lets the gold judge score it (python -m minipost.evaluate checkpoints/sft --rm checkpoints/rm): the proxy
+rises with n while the gold score rises, peaks and falls -- reward over-optimization without any training.
+With --seed N, the stages' data loaders build the toy world with seed N too (the environment variable
+MINIPOST_WORLD_SEED, set here for the stages; set it yourself to run one stage of a seeded world by hand).
 
 Each stage is its own script (run as a subprocess, exactly as a student would run it); a stage counts as
 finished when its output directory holds a checkpoint. The report is rebuilt at the end from what the
@@ -17,6 +28,7 @@ stages wrote.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,8 +40,9 @@ from minipost.checkpoint import has_checkpoint
 HERE = Path(__file__).resolve().parent  # the stage scripts live beside this file, wherever it is run from
 
 # (name, script, arguments, output directory). Later stages read the earlier ones' checkpoints.
-def stages(ck: str, micro: bool, grpo_ablations: bool = False):
+def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None = None, full: bool = False):
     c = lambda s: f"{ck}/{s}"
+    absolute = lambda s: str((Path(ck) / s).resolve())  # the evaluation module runs in HERE (see main)
     if micro:  # tiny settings: the whole pipeline in about a minute (tests)
         lim = ["--eval-limit", "12"]
         base = ["--steps", "30", "--n-docs", "3000", "--log-every", "10", "--save-every", "1000"] + lim
@@ -37,28 +50,46 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False):
         rm = ["--steps", "10", "--eval-every", "5", "--norm-samples", "16", "--policy-pairs", "16"] + lim
         ppo = ["--iterations", "2", "--batch-size", "8", "--minibatch-size", "4", "--max-new-tokens", "8"] + lim
         dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5", "--policy-pairs", "16"] + lim
+        dpo_online = ["--steps", "3", "--batch-size", "4", "--eval-every", "3"] + lim
         grpo = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--minibatch-size", "8",
                 "--max-new-tokens", "8", "--passk-samples", "4", "--passk-prompts", "8"] + lim
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
+        bon = ["--best-of-n", "4", "--limit", "6"]
     else:
         # (the whole run fits in 15 minutes on 2 CPU cores: one sweep beta, a short run without KL penalty,
         # and a larger base that gets less compute than the small one -- see the report)
         # GRPO's pass@k: 64 samples for each of 64 held-out fact / skill prompts, per model
         base, sft, rm, ppo, dpo, grpo = [], [], [], [], ["--beta-sweep", "0.1"], ["--passk-prompts", "64"]
         big = ["--steps", "100"]
+        dpo_online = []
+        bon = []  # 64 samples of SFT for each of 128 held-out prompts, scored by the RM and the judge
     # GRPO also measures pass@k of SFT, base, PPO and DPO (stored in their directories), hence after them
     grpo_stage = ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--passk-also", f"{c('ppo')},{c('dpo')}"]
     ablations = [(f"grpo-{r}", "train_grpo.py", grpo_stage + ["--reward", r] + grpo, c(f"grpo-{r}"))
                  for r in ("verifier", "judge")] if grpo_ablations else []
+    nokl = ppo or ["--iterations", "12"]
+    if full and not micro:  # ~1 hour: InstructGPT's comparison with a larger base that IS the better LM, and a
+        big = ["--steps", "800"]  # no-KL PPO run long enough to collapse
+        nokl = ["--iterations", "50"]
+    if seed is not None:  # every stage with this seed; the world too (train_base.py builds it: --world-seed)
+        base = ["--world-seed", str(seed)] + base
+        base, sft, rm, ppo, nokl, dpo, dpo_online, grpo, big, bon = (
+            [*a, "--seed", str(seed)] for a in (base, sft, rm, ppo, nokl, dpo, dpo_online, grpo, big, bon))
     return [
         ("base", "train_base.py", base, c("base")),
         ("sft", "train_sft.py", ["--init", c("base")] + sft, c("sft")),
         ("rm", "train_rm.py", ["--init", c("sft")] + rm, c("rm")),
+        # best-of-n against the reward model: the over-optimization curve without any training (no checkpoint)
+        ("best-of-n", "minipost/evaluate.py", [absolute("sft"), "--rm", absolute("rm"), "--out", absolute("best-of-n")]
+         + bon, c("best-of-n")),
         ("ppo", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base")] + ppo, c("ppo")),
         # no KL penalty: the reward-hacking demo, and a second PPO point (beta 0) on the frontier
         ("ppo-nokl", "train_ppo.py", ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--kl-coef", "0"]
-         + (ppo or ["--iterations", "12"]), c("ppo-nokl")),
+         + nokl, c("ppo-nokl")),
         ("dpo", "train_dpo.py", ["--init", c("sft"), "--base", c("base")] + dpo, c("dpo")),
+        # online DPO: pairs sampled from the policy as it trains, labelled by the reward model
+        ("dpo-online", "train_dpo.py", ["--init", c("sft"), "--base", c("base"), "--online", "--labeler", "rm",
+                                        "--rm", c("rm")] + dpo_online, c("dpo-online")),
         ("grpo", "train_grpo.py", grpo_stage + grpo, c("grpo")),
         *ablations,
         ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),
@@ -75,18 +106,38 @@ def unfinished_step(out) -> int | None:
         return None
 
 
+def finished(name: str, out) -> bool:
+    """A training stage is finished when its directory holds a checkpoint and a log; the best-of-n evaluation
+    when it wrote bestofn.json."""
+    if name == "best-of-n":
+        return (Path(out) / "bestofn.json").exists()
+    return has_checkpoint(out) and (Path(out) / "log.jsonl").exists()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoints", default="checkpoints", help="where every stage writes")
+    p.add_argument("--checkpoints", default="", help="where every stage writes (default: checkpoints, or "
+                   "checkpoints/seed-N with --seed N)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="run everything -- the toy world and every stage -- with this seed (default: each script's "
+                        "own seed, world 0)")
     p.add_argument("--redo", default="", help="comma-separated stages to run again, or 'all'")
     p.add_argument("--only", default="", help="comma-separated stages to run (others are skipped, even if missing)")
     p.add_argument("--micro", action="store_true", help="tiny settings: seconds per stage (tests)")
+    p.add_argument("--full", action="store_true",
+                   help="about an hour: the 4x larger base pre-trained as long as the small one (800 steps), and PPO "
+                        "without KL penalty for 50 iterations")
     p.add_argument("--device", default="", help="passed to every stage")
     p.add_argument("--grpo-ablations", action="store_true",
                    help="also run GRPO with the verifier alone (grpo-verifier) and with the gold judge (grpo-judge)")
     args = p.parse_args(argv)
+    if not args.checkpoints:
+        args.checkpoints = "checkpoints" if args.seed is None else f"checkpoints/seed-{args.seed}"
+    if args.seed is not None:  # the data loaders' toy world (SFT demos, pairs, prompts) is built with this seed
+        os.environ["MINIPOST_WORLD_SEED"] = str(args.seed)
     named = f"{args.only},{args.redo}".split(",")  # naming an ablation stage asks for it too
-    plan = stages(args.checkpoints, args.micro, args.grpo_ablations or any(s.startswith("grpo-") for s in named))
+    plan = stages(args.checkpoints, args.micro, args.grpo_ablations or any(s.startswith("grpo-") for s in named),
+                  seed=args.seed, full=args.full)
     names = [s[0] for s in plan]
     redo = set(names) if args.redo == "all" else {s for s in args.redo.split(",") if s}
     only = {s for s in args.only.split(",") if s}
@@ -98,17 +149,21 @@ def main(argv=None):
         if only and name not in only:
             continue
         unfinished = unfinished_step(out)
-        if has_checkpoint(out) and name not in redo and unfinished is None and (Path(out) / "log.jsonl").exists():
+        if finished(name, out) and name not in redo and unfinished is None:
             print(f"[{i}/{len(plan)}] {name}: reusing {out} (pass --redo {name} to run it again)", flush=True)
             continue
         # a stage killed after a periodic checkpoint continues from it (exactly: --resume), unless redone
         keep = "--resume" if unfinished is not None and name not in redo else "--overwrite"
-        cmd = [sys.executable, str(HERE / script), "--out", out, keep] + stage_args
+        if script.startswith("minipost/"):  # a module of the package, not a stage script: python -m, run in HERE
+            cmd = [sys.executable, "-m", script[:-3].replace("/", ".")] + stage_args  # (its paths are absolute)
+        else:
+            cmd = [sys.executable, str(HERE / script), "--out", out, keep] + stage_args
         if args.device:
             cmd += ["--device", args.device]
-        print(f"[{i}/{len(plan)}] {name}: {' '.join([script] + cmd[2:])}", flush=True)
+        shown = cmd[1:] if cmd[1] == "-m" else [script] + cmd[2:]  # "-m minipost.evaluate ..." or "train_x.py ..."
+        print(f"[{i}/{len(plan)}] {name}: {' '.join(shown)}", flush=True)
         t0 = time.time()
-        proc = subprocess.run(cmd)
+        proc = subprocess.run(cmd, cwd=HERE) if script.startswith("minipost/") else subprocess.run(cmd)
         if proc.returncode != 0:
             sys.exit(f"pipeline: stage {name} failed (exit {proc.returncode}); earlier stages' checkpoints are intact")
         print(f"[{i}/{len(plan)}] {name}: done in {time.time() - t0:.0f}s (total {time.time() - t_start:.0f}s)", flush=True)

@@ -27,6 +27,15 @@ the same function serves chosen, rejected, policy and reference. At step 0 the p
 so h = 0 and the loss is exactly ln 2 (checked and printed). Dropout is off: with dropout the policy
 would differ from its own reference.
 
+Online DPO (`--online`, Guo et al. 2024): offline DPO trains on pairs sampled once, from SFT or other
+models; online DPO samples two answers per prompt from the CURRENT policy at every step, lets a labeler
+(`--labeler rm`: the reward model in --rm; `--labeler judge`: the toy world's gold judge) pick chosen and
+rejected (ties skipped), and takes one DPO step on those pairs -- same loss, same frozen SFT reference. Why:
+DPO's loss sees only the margin h, so on a fixed set of pairs it can widen h by moving probability off
+BOTH answers onto text that no pair contains (likelihood displacement); nothing then checks that text. On
+policy, what the model now says is what gets sampled and labelled next, so a drift toward worse answers is
+pushed back at the next step -- the property PPO gets from its rollouts, without a value model.
+
 Simplifications: the IPO loss uses summed (not length-averaged) log-probs, like the DPO loss; reference
 log-probs are computed once before training (`--ref-logps precompute`, the default) or on the fly.
 
@@ -34,6 +43,7 @@ Run it:
     python train_dpo.py                                  # toy world, from checkpoints/sft, ~2 minutes on a 2-core CPU
     python train_dpo.py --beta-sweep 0.03,0.1,0.3,1      # the reward-vs-KL frontier (short runs per beta)
     python train_dpo.py --steps 3 --skip-eval --out /tmp/dpo   # smoke run
+    python train_dpo.py --online --labeler rm --rm checkpoints/rm --out checkpoints/dpo-online   # online DPO
     python train_dpo.py --init checkpoints/sft --data hh-rlhf --block-size 512 --lr 5e-7 --beta 0.1 --steps 2000   # GPU
     torchrun --nproc_per_node 8 train_dpo.py ...   # several GPUs; --lora-rank 8: ref = adapters off (docs/scale.md)
 """
@@ -92,6 +102,13 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=common.nonneg_int, default=8,
                    help="real data: held-out prompts answered by SFT and DPO side by side at the end (printed and "
                         "written to samples.jsonl)")
+    p.add_argument("--online", action="store_true",
+                   help="online DPO: every step samples two answers per prompt from the CURRENT policy, --labeler "
+                        "picks chosen / rejected, one DPO step on them (no offline pairs are trained on)")
+    p.add_argument("--labeler", default="rm", choices=["rm", "judge"],
+                   help="online DPO's labeler: rm = the reward model in --rm (RLHF's proxy); judge = the toy world's "
+                        "gold judge (a perfect labeler; --data world only)")
+    p.add_argument("--rm", default="checkpoints/rm", help="online DPO with --labeler rm: the reward model checkpoint")
     p.add_argument("--beta-sweep", default="",
                    help="comma-separated betas: short runs recording gold score and KL to SFT (sweep.json)")
     p.add_argument("--sweep-steps", type=common.positive_int, default=60, help="steps of each sweep run")
@@ -104,6 +121,10 @@ def parse_args(argv=None):
     evaluate.check_policy_pair_args(p, args)
     if not 0 <= args.label_smoothing < 0.5:
         p.error(f"--label-smoothing must be in [0, 0.5), got {args.label_smoothing}")
+    if args.online and args.labeler == "judge" and args.data != "world":
+        p.error("--labeler judge needs the toy world's judge: --data world")
+    if args.online and args.beta_sweep:
+        p.error("--beta-sweep runs offline DPO; drop it with --online")
     try:
         args.sweep = [common.positive_float(b) for b in args.beta_sweep.split(",") if b.strip()]
     except (argparse.ArgumentTypeError, ValueError) as e:  # float('abc') raises ValueError
@@ -310,11 +331,145 @@ def check_step0(policy, ref, pairs: PairSet, tok, args, device, dtype):
 
 
 # -----------------------------------------------------------------------------
+# Online DPO: pairs sampled from the current policy, labelled as they are made
+
+
+def make_labeler(kind: str, tok, *, rm=None, device="cpu", dtype=torch.float32):
+    """A function (instructions, prompt ids, texts, token lists, ended) -> scores (N,) that ranks answers:
+    the reward model's scalar (kind "rm": evaluate.rewards_of, EOS appended when the answer ended) or the
+    toy world's gold judge (kind "judge"). Only the ORDER of two scores matters to DPO."""
+    if kind == "rm":
+        def label(instructions, prompt_ids, texts, toks, ended):
+            return evaluate.rewards_of(rm, tok, prompt_ids, toks, ended, device, dtype).cpu()
+    elif kind == "judge":
+        from minipost.world import judge, strip_template
+
+        def label(instructions, prompt_ids, texts, toks, ended):
+            return torch.tensor([judge(strip_template(x), y).score for x, y in zip(instructions, texts)])
+    else:
+        raise ValueError(f"unknown labeler {kind!r}")
+    return label
+
+
+@torch.no_grad()
+def sample_pairs(policy, tok, instructions: list[str], prompt_ids: list[list[int]], label, *, generator, device,
+                 dtype, max_new_tokens=evaluate.MAX_NEW_TOKENS) -> tuple[list[data.EncodedPair], dict]:
+    """Two answers per prompt from `policy` at temperature 1, ranked by `label`: (pairs, stats).
+
+    The two samples of prompt i are drawn in one batch (prompts i and n + i). A tie (equal scores, which
+    includes two identical answers) carries no preference and is skipped (stats["ties"]). Each sequence is
+    prompt + answer (+ EOS when the answer ended), exactly the tokens the policy produced."""
+    n = len(prompt_ids)
+    texts, toks, ended = evaluate.generate_from_ids(policy, tok, prompt_ids + prompt_ids, device=device, dtype=dtype,
+                                                    temperature=1.0, generator=generator,
+                                                    max_new_tokens=max_new_tokens)
+    scores = label(instructions + instructions, prompt_ids + prompt_ids, texts, toks, ended)  # (2n,)
+    seq = [p + t + ([tok.eos_id] if e else []) for p, t, e in zip(prompt_ids + prompt_ids, toks, ended)]
+    pairs, ties = [], 0
+    for i in range(n):
+        a, b = i, n + i  # the prompt's two samples
+        if scores[a] == scores[b] or seq[a] == seq[b]:
+            ties += 1
+            continue
+        c, r = (a, b) if scores[a] > scores[b] else (b, a)
+        pairs.append(data.EncodedPair(chosen=seq[c], rejected=seq[r], n_prompt=len(prompt_ids[i]),
+                                      margin=float(scores[c] - scores[r])))
+    stats = {"pairs": len(pairs), "ties": ties, "label_mean": scores.float().mean().item()}
+    return pairs, stats
+
+
+def train_online(policy, ref, instructions: list[str], prompt_ids: list[list[int]], label, tok, args, *, beta: float,
+                 steps: int, device, dtype, val=None, save=None):
+    """Online DPO (Guo et al. 2024, "Direct language model alignment from online AI feedback"): every step
+    draws --batch-size prompts, samples two answers to each from the CURRENT policy pi_theta, lets the
+    labeler pick chosen / rejected, and takes one DPO step on those pairs:
+
+        y1, y2 ~ pi_theta(.|x);  (y_c, y_r) = labeler's order;  L = mean over pairs of -log sigma(beta h)
+        h = [log pi(y_c|x) - log pi_ref(y_c|x)] - [log pi(y_r|x) - log pi_ref(y_r|x)]
+
+    The reference stays the SFT model throughout, so the implicit KL anchor is the same as offline DPO's.
+    Why: offline DPO trains on pairs sampled once from SFT (or from other models); as the policy moves,
+    those pairs fall out of its distribution, and the loss can widen the margin by pushing mass off BOTH
+    answers onto unseen text ("likelihood displacement", Razin et al. 2024). On-policy pairs are always
+    what the policy says now, so any answer it has drifted to is sampled, scored and -- if worse --
+    pushed down at the next step. This is what RLHF's PPO gets from its rollouts, at DPO's price
+    (no value model, no advantages). At step 0 the policy is the reference: h = 0, the loss is ln 2.
+    Returns (the last step's metrics, the run's Checkpointer); metrics of every step are logged."""
+    optimizer = common.make_optimizer(policy, args.lr, weight_decay=0.0)
+    data_rng = torch.Generator().manual_seed(args.seed)  # which prompts
+    sample_rng = torch.Generator().manual_seed(args.seed + 1)  # the policy's samples
+    saver = common.Checkpointer(args, steps, policy, save, optimizer=optimizer, data_rng=data_rng,
+                                sample_rng=sample_rng)
+    start = saver.start()
+    log = saver.logger(steps)
+    micro = args.micro_batch_size or args.batch_size
+    metrics = {}
+    for step in range(start, steps):
+        t0 = time.time()
+        lr = common.lr_at(step, steps, args.lr, args.warmup, args.min_lr_ratio)
+        common.set_lr(optimizer, lr)
+        picks = torch.randint(0, len(prompt_ids), (args.batch_size,), generator=data_rng).tolist()
+        # ---- the round's data: fresh samples of the policy as it is now
+        pairs, stats = sample_pairs(policy, tok, [instructions[i] for i in picks], [prompt_ids[i] for i in picks],
+                                    label, generator=sample_rng, device=device, dtype=dtype)
+        policy.train()  # generation left it in eval mode (dropout is off: no difference in the forward pass)
+        metrics = {"pairs": stats["pairs"], "ties": stats["ties"], "label_mean": stats["label_mean"], "lr": lr}
+        if pairs:
+            # ---- one DPO step on them, micro-batched like offline DPO; the reference is recomputed per batch
+            optimizer.zero_grad(set_to_none=True)
+            loss, logps = 0.0, []
+            for k in range(0, len(pairs), micro):
+                batch = pairs[k : k + micro]
+                pol_c, pol_r = pair_logps(policy, batch, tok.eos_id, device, dtype)  # (b,), (b,)
+                with torch.no_grad():
+                    ref_c, ref_r = pair_logps(ref, batch, tok.eos_id, device, dtype)
+                h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (b,)
+                chunk_loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
+                if args.rpo_alpha > 0:
+                    n_chosen = torch.tensor([len(p.chosen) - p.n_prompt for p in batch], dtype=torch.float32,
+                                            device=pol_c.device)
+                    chunk_loss = chunk_loss + args.rpo_alpha * chosen_nll(pol_c, n_chosen).mean()
+                chunk_loss = chunk_loss * (len(batch) / len(pairs))
+                common.check_finite(chunk_loss, step)
+                chunk_loss.backward()
+                loss += chunk_loss.detach()
+                logps.append(torch.stack([pol_c, pol_r, ref_c, ref_r]).detach())  # (4, b)
+            pol_c, pol_r, ref_c, ref_r = torch.cat(logps, dim=1)  # (P,) each
+            max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+            optimizer.step()
+            reward_chosen, reward_rejected = beta * (pol_c - ref_c), beta * (pol_r - ref_r)
+            metrics.update({
+                "loss": loss.item(), "rewards/chosen": reward_chosen.mean().item(),
+                "rewards/rejected": reward_rejected.mean().item(),
+                "rewards/margin": (reward_chosen - reward_rejected).mean().item(),
+                "rewards/accuracy": (reward_chosen > reward_rejected).float().mean().item(),
+                "logps/chosen": pol_c.mean().item(), "logps/rejected": pol_r.mean().item(),
+                "grad_norm": grad_norm.item()})
+            if step == 0 and start == 0:
+                print(f"check: step-0 |h| max {(pol_c - ref_c - pol_r + ref_r).abs().max().item():.2e}; "
+                      f"loss {loss.item():.6f}" + (f" (ln 2 = {math.log(2):.6f})" if args.loss == "sigmoid" else ""))
+        # else: every pair tied (a policy that answers every prompt the same way twice): nothing to learn
+        metrics["ms"] = (time.time() - t0) * 1000
+        if val and ((step + 1) % args.eval_every == 0 or step == steps - 1):
+            check = [val.val[i] for i in val.check]
+            metrics["val_accuracy"] = heldout_accuracy(policy, check, val.val_ref_logps[val.check], tok.eos_id,
+                                                       device, dtype)
+        if log is not None:
+            log.log(step, **metrics)
+        saver.step_done(step + 1)
+    policy.eval()
+    return metrics, saver
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    if args.online and distributed.world_size() > 1:  # its sampling loop is written for one process
+        raise SystemExit("error: --online runs in one process; under torchrun use offline DPO")
     dtype, why = common.pick_dtype(device, args.dtype)
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
@@ -322,6 +477,12 @@ def main(argv=None):
         # with LoRA the reference is the policy itself with its adapters off: no second copy of the weights
         ref = lora.ReferenceView(policy) if args.lora_rank > 0 else \
             common.load_model(args.init, device, fused_attn=args.fused_attn)[0]
+        rm = None
+        if args.online and args.labeler == "rm":
+            rm, _, rm_config = common.load_model(args.rm, device, kind="scalar", fused_attn=args.fused_attn)
+            if rm_config.get("kind") != "scalar":  # a language model: a random reward head
+                raise ckpt.CheckpointError(f"--rm {args.rm} holds a language model, not a reward model (train_rm.py)")
+            common.frozen(rm)
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.frozen(ref)  # the reference never changes: eval mode, no grads, not in the optimizer
@@ -332,19 +493,33 @@ def main(argv=None):
 
     # ---- data: the reward model's preference pairs. DPO assumes the pairs come from (near) the reference
     # policy, and the policy pairs are samples of the reference itself.
-    train_enc, val_enc, data_stats = evaluate.load_preference_pairs(args, tok, block_size, sampler=lambda: ref,
+    # Online DPO trains on its own samples only: the offline pairs serve as the held-out check.
+    pair_args = argparse.Namespace(**{**vars(args), "policy_pairs": 0}) if args.online else args
+    train_enc, val_enc, data_stats = evaluate.load_preference_pairs(pair_args, tok, block_size, sampler=lambda: ref,
                                                                     sampler_dir=args.init, device=device, dtype=dtype)
     data_fingerprint = data.data_fingerprint(args.data)  # the sha256 of the files trained on, for the checkpoint
     t0 = time.time()
-    precompute = args.ref_logps == "precompute"
+    precompute = args.ref_logps == "precompute" and not args.online
     pairs = PairSet(train=train_enc, val=val_enc,
                     train_ref_logps=reference_logps(ref, train_enc, tok.eos_id, device, dtype) if precompute else None,
                     val_ref_logps=reference_logps(ref, val_enc, tok.eos_id, device, dtype),
                     check=data.fixed_subset(list(range(len(val_enc))), args.eval_pairs))
     print(f"reference log-probs computed in {time.time() - t0:.1f}s")
 
+    if args.online:  # the prompts that online DPO samples answers to, left-truncated to leave room for one
+        try:
+            rows, prompt_stats = data.load_prompts(args.data)
+        except (data.DataError, OSError) as e:
+            raise SystemExit(f"error: {e}")
+        instructions = [r["prompt"] for r in rows]
+        prompt_ids, _ = data.encode_prompts(tok, instructions, block_size - evaluate.MAX_NEW_TOKENS)
+        label = make_labeler(args.labeler, tok, rm=rm, device=device, dtype=dtype)
+        data_stats = {**data_stats, "online_prompts": len(prompt_ids), "labeler": args.labeler}
+        print(f"online DPO: {len(prompt_ids)} prompts ({prompt_stats}), labeler {args.labeler}")
+
     # ---- train
-    check_step0(policy, ref, pairs, tok, args, device, dtype)
+    if not args.online:
+        check_step0(policy, ref, pairs, tok, args, device, dtype)
 
     def save(metrics, train_state):
         common.save_stage(args.out, policy, stage="dpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
@@ -352,13 +527,18 @@ def main(argv=None):
                           extra={"init": args.init, "world_seed": init_config.get("world_seed", 0),
                                  "data_stats": data_stats, "data": data_fingerprint})
 
-    last, saver = train(policy, ref, pairs, tok, args, beta=args.beta, steps=args.steps, device=device, dtype=dtype,
-                        save=save)
+    if args.online:
+        last, saver = train_online(policy, ref, instructions, prompt_ids, label, tok, args, beta=args.beta,
+                                   steps=args.steps, device=device, dtype=dtype, val=pairs, save=save)
+    else:
+        last, saver = train(policy, ref, pairs, tok, args, beta=args.beta, steps=args.steps, device=device,
+                            dtype=dtype, save=save)
     print(f"peak memory {common.peak_memory_mb(device):.0f} MB")
     distributed.cleanup()  # DDP: training is over; rank 0 alone evaluates and saves
     if not distributed.is_main():
         return
-    metrics = {"val_accuracy": last.get("val_accuracy"), "steps": args.steps, "beta": args.beta, "loss": args.loss}
+    metrics = {"val_accuracy": last.get("val_accuracy"), "steps": args.steps, "beta": args.beta, "loss": args.loss,
+               "online": args.online, "labeler": args.labeler if args.online else None}
     if val_enc and (len(pairs.check) < len(val_enc) or metrics["val_accuracy"] is None):
         # the periodic check saw a subset (or no step ran: resumed at the end): the final number uses every pair
         metrics["val_accuracy"] = heldout_accuracy(policy, val_enc, pairs.val_ref_logps, tok.eos_id, device, dtype)

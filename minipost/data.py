@@ -34,6 +34,7 @@ nothing touches the network at import time.
 import gzip
 import json
 import math
+import os
 import random
 import re
 import zlib
@@ -338,11 +339,20 @@ def _sft_row(row: dict, where: str) -> list[dict]:
                     f"{{instruction,response}} (Dolly), {{messages}}, {{prompt,response}}")
 
 
-@lru_cache(maxsize=1)
 def _world():
-    """The toy world (built once per process; loaders copy what they take from it)."""
+    """The toy world (built once per process; loaders copy what they take from it), with the seed in the
+    environment variable MINIPOST_WORLD_SEED (default 0; pipeline.py --seed N sets it for its stages)."""
+    seed = os.environ.get("MINIPOST_WORLD_SEED", "0")
+    try:
+        return _world_of(int(seed))
+    except ValueError:
+        raise DataError(f"MINIPOST_WORLD_SEED must be an integer, got {seed!r}") from None
+
+
+@lru_cache(maxsize=2)
+def _world_of(seed: int):
     from minipost.world import build_world  # imported lazily: only the toy-world sources need it
-    return build_world(seed=0)
+    return build_world(seed=seed)
 
 
 def _records_of(source: str, kind: str, cache_dir) -> list[tuple[str, dict]]:

@@ -549,6 +549,83 @@ def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device
 
 
 # -----------------------------------------------------------------------------
+# Reward hacking you can see: best-of-n against the reward model, scored by the gold judge
+
+
+BEST_OF_N = (1, 2, 4, 8, 16, 32, 64)
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || pi) = log n - (n - 1) / n nats: the analytic KL of best-of-n sampling from its base policy
+    (Stiennon et al. 2020, appendix; exact when the n samples are distinct, an upper bound otherwise)."""
+    if n < 1:
+        raise ValueError(f"best-of-n needs n >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_weights(proxy: list[float], n: int) -> list[float]:
+    """The chance that each of N samples is the one best-of-n picks, when n of them are drawn at random without
+    replacement and the pick is the one with the highest proxy score (ties: the first drawn; measure zero for an
+    RM's float scores). Sort by proxy: the sample of rank i (1 = lowest of N) is picked when it is in the
+    subset and the other n - 1 drawn all rank below it, C(i - 1, n - 1) of the C(N, n) subsets:
+
+        w_i = C(i - 1, n - 1) / C(N, n)
+
+    so E[gold(best of n)] = sum_i w_i gold_i, unbiased, from all N samples at once (the estimator of Nakano et al.
+    2021 and Gao et al. 2022) -- far less noisy than best of the first n. n = N puts all weight on the argmax."""
+    N = len(proxy)
+    if not 1 <= n <= N:
+        raise ValueError(f"best-of-n needs 1 <= n <= N, got n={n}, N={N}")
+    order = sorted(range(N), key=lambda j: proxy[j])  # ascending proxy
+    total = math.comb(N, n)
+    w = [0.0] * N
+    for rank, j in enumerate(order, 1):
+        w[j] = math.comb(rank - 1, n - 1) / total
+    return w
+
+
+@torch.no_grad()
+def best_of_n_curve(model, rm, tok: Tokenizer, world, ns=BEST_OF_N, *, device, dtype=torch.float32, seed: int = 0,
+                    limit: int = 128, batch_size: int = 256) -> dict:
+    """Gao et al. 2022's over-optimization curve, the cheap way: N = max(ns) samples per held-out prompt at
+    temperature 1; the reward model scores them (the PROXY) and the gold judge too (what people want); for each n,
+    best-of-n keeps the sample the RM likes best of n, and we record the expected RM score and gold score of that
+    pick (best_of_n_weights) against its analytic KL to the model, log n - (n - 1) / n.
+
+    The proxy rises with n by construction. The gold score rises while the RM and the judge agree, and falls once
+    the pick is decided by what the RM over-rewards: reward hacking without any training. `limit` > 0 uses an
+    evenly spread subset of that many prompts (every kind).
+    Returns {"n", "kl", "rm_score", "gold_score", "N", "n_prompts", "proxy", "gold"}: the last two hold every
+    sample's RM and judge score (prompt i's samples at i * N ... i * N + N - 1)."""
+    from minipost.world import judge
+
+    prompts = world.eval_prompts
+    if limit > 0:
+        prompts = prompts[:: max(1, len(prompts) // limit)][:limit]
+    instructions = [p["prompt"] for p in prompts]
+    N = max(ns)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    repeated = [x for x in instructions for _ in range(N)]  # N copies of each prompt, side by side
+    texts, toks, ended = generate_responses(model, tok, repeated, device=device, dtype=dtype, temperature=1.0,
+                                            generator=gen, batch_size=batch_size)
+    prompt_ids = [tok.encode(chat_prompt(x)) for x in repeated]
+    proxy = rewards_of(rm, tok, prompt_ids, toks, ended, device, dtype).tolist()  # (P * N,)
+    gold = [judge(x, y).score for x, y in zip(repeated, texts)]
+    out = {"n": list(ns), "kl": [best_of_n_kl(n) for n in ns], "rm_score": [], "gold_score": [], "N": N,
+           "n_prompts": len(prompts), "proxy": proxy, "gold": gold}  # proxy, gold: (P * N,), prompt-major
+    for n in ns:
+        rm_sum = gold_sum = 0.0
+        for i in range(len(prompts)):
+            r, g = proxy[i * N : (i + 1) * N], gold[i * N : (i + 1) * N]
+            w = best_of_n_weights(r, n)
+            rm_sum += sum(a * b for a, b in zip(w, r))
+            gold_sum += sum(a * b for a, b in zip(w, g))
+        out["rm_score"].append(rm_sum / len(prompts))
+        out["gold_score"].append(gold_sum / len(prompts))
+    return out
+
+
+# -----------------------------------------------------------------------------
 # Real data: no judge, so side-by-side samples on fixed held-out prompts stand in for it
 
 
@@ -608,26 +685,60 @@ def write_side_by_side(out_dir, rows: list[dict], title: str, show: int = 4, wid
 def main(argv=None):
     import argparse
 
+    from minipost import checkpoint as ckpt
+    from minipost.checkpoint import atomic_write_json
     from minipost.world import build_world
 
     p = argparse.ArgumentParser(
-        description="python -m minipost.evaluate CHECKPOINT: the gold judge's best-of-n ceiling")
+        description="python -m minipost.evaluate CHECKPOINT: the gold judge's best-of-n ceiling; with --rm, "
+                    "best-of-n against the reward model (the over-optimization curve)")
     p.add_argument("checkpoint", nargs="?", default="checkpoints/sft")
-    p.add_argument("--best-of", default="1,2,4,8", help="comma-separated n")
+    p.add_argument("--best-of", default="1,2,4,8", help="comma-separated n (the gold judge's ceiling)")
+    p.add_argument("--rm", default="", help="a reward model checkpoint: best-of-n against IT, scored by the judge")
+    p.add_argument("--best-of-n", type=common.positive_int, default=64,
+                   help="with --rm: the largest n (samples per prompt); n = 1, 2, 4, ... up to it")
+    p.add_argument("--limit", type=common.nonneg_int, default=128,
+                   help="with --rm: held-out prompts used (an evenly spread subset); 0 = all")
+    p.add_argument("--out", default="", help="with --rm: write bestofn.json into this directory")
+    p.add_argument("--device", default="", help="empty = autodetect")
     p.add_argument("--seed", type=common.seed_int, default=0)
     a = p.parse_args(argv)
     try:
         ns = [common.positive_int(n) for n in a.best_of.split(",")]
     except (argparse.ArgumentTypeError, ValueError) as e:  # int('a') raises ValueError
         p.error(f"--best-of {a.best_of}: {e}")
-    model, tok, config = common.load_model(a.checkpoint, "cpu")
-    dev = common.pick_device("")
+    dev = common.pick_device(a.device)
     dtype, _ = common.pick_dtype(dev)
+    try:
+        model, tok, config = common.load_model(a.checkpoint, dev)
+        rm = None
+        if a.rm:
+            rm, _, rm_config = common.load_model(a.rm, dev, kind="scalar")
+            if rm_config.get("kind") != "scalar":
+                raise SystemExit(f"error: --rm {a.rm} holds a language model, not a reward model (train_rm.py)")
+    except ckpt.CheckpointError as e:
+        raise SystemExit(f"error: {e}")
     world = build_world(seed=config.get("world_seed", 0), n_docs=1)
-    res = best_of_n_win_rates(common.frozen(model.to(dev)), tok, world, ns, device=dev, dtype=dtype, seed=a.seed)
+    if rm is not None:
+        ns = [2 ** i for i in range(int(math.log2(a.best_of_n)) + 1)]
+        t0 = time.time()
+        res = best_of_n_curve(common.frozen(model), common.frozen(rm), tok, world, ns, device=dev, dtype=dtype,
+                              seed=a.seed, limit=a.limit)
+        res["settings"] = {"checkpoint": str(a.checkpoint), "rm": str(a.rm), "seed": a.seed, "limit": a.limit,
+                           "max_new_tokens": MAX_NEW_TOKENS}
+        print(f"{a.checkpoint}: best of n samples by the reward model {a.rm}, scored by the gold judge "
+              f"({res['n_prompts']} held-out prompts, {res['N']} samples each, {time.time() - t0:.0f}s)")
+        for n, kl, r, g in zip(res["n"], res["kl"], res["rm_score"], res["gold_score"]):
+            print(f"  n={n:>3}: KL {kl:.2f} nats | RM score {r:+.3f} | gold score {g:+.3f}")
+        if a.out:
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(Path(a.out) / "bestofn.json", res)
+            print(f"wrote {Path(a.out) / 'bestofn.json'}")
+        return
+    res = best_of_n_win_rates(common.frozen(model), tok, world, ns, device=dev, dtype=dtype, seed=a.seed)
     print(f"{a.checkpoint}: best of n samples by the gold judge vs an ordinary sample (held-out prompts)")
     for n, (w, g) in res["best_of"].items():
-        print(f"  n={n}: win rate {100 * w:.1f}%, gold score {g:+.3f}, KL <= {math.log(n) - (n - 1) / n:.2f} nats")
+        print(f"  n={n}: win rate {100 * w:.1f}%, gold score {g:+.3f}, KL <= {best_of_n_kl(n):.2f} nats")
     w, g = res["greedy"]
     print(f"  its greedy answers: win rate {100 * w:.1f}%, gold score {g:+.3f}")
     w, g = res["knowledge_oracle"]

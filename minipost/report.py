@@ -25,7 +25,8 @@ from minipost.checkpoint import stamp_mismatch
 from minipost.errors import UserError
 
 POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO")]
-POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO"), ("grpo", "GRPO")]
+POLICIES = [("base", "base"), ("sft", "SFT"), ("ppo", "PPO"), ("dpo", "DPO"), ("dpo-online", "online DPO"),
+            ("grpo", "GRPO")]
 # GRPO runs that differ only in --reward (pipeline.py --grpo-ablations); the judge run is an ablation
 GRPO_RUNS = [("grpo", "GRPO, mixed rewards (default)"), ("grpo-verifier", "GRPO, verifier only"),
              ("grpo-judge", "GRPO, gold judge (ablation: a perfect reward model)")]
@@ -173,19 +174,27 @@ def plot_frontier(ppo_points: list[dict], dpo_points: list[dict], path: Path, sf
 
 
 def _pretraining_comparison(d: Path, evals: dict) -> list[str]:
-    """How much pre-training each base got: InstructGPT's larger model was the better-trained one; on a
-    laptop budget the larger base here may be the worse-trained one, and the reader must know which."""
-    rows = []
+    """How much pre-training each base got, and which comparison that makes: InstructGPT's larger model was the
+    better-trained one (lower held-out loss, knows at least as much); on a laptop budget (python pipeline.py) the
+    larger base here may be the worse-trained one, and the reader must know which (python pipeline.py --full
+    trains it as long as the small one)."""
+    rows, stats = [], {}
     for stage, knows in (("base", "base"), ("base-4x", "sft-4x")):
         log = [r for r in _read_jsonl(d / stage / "log.jsonl") if r.get("val_loss") is not None]
         know = (evals.get(knows) or {}).get("knowledge_rank_accuracy")
         if log:
+            stats[stage] = (log[-1]["val_loss"], know)
             rows.append(f"{stage} {log[-1]['step'] + 1} steps, held-out LM loss {log[-1]['val_loss']:.3f}"
                         + (f", knows {100 * know:.0f}% of held-out facts" if know is not None else ""))
     if len(rows) < 2:
         return []
-    return ["", "Pre-training: " + "; ".join(rows) + ". The comparison holds only for these budgets: a larger base "
-            "that saw less pre-training is not InstructGPT's setting, where the larger model was also the better one."]
+    (small_loss, small_know), (big_loss, big_know) = stats["base"], stats["base-4x"]
+    fair = big_loss < small_loss and big_know is not None and small_know is not None and big_know >= small_know
+    verdict = ("This is InstructGPT's comparison: the larger base is the better language model (lower held-out loss, "
+               "knows at least as many held-out facts)." if fair else
+               "This is NOT InstructGPT's comparison: here the larger base is the worse-trained language model, so "
+               "the result says little about size; python pipeline.py --full trains it long enough.")
+    return ["", "Pre-training: " + "; ".join(rows) + ". " + verdict]
 
 
 def _running_mean(xs: list, w: int = 5) -> list:
@@ -214,6 +223,54 @@ def plot_hacking(runs: dict, path: Path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_best_of_n(bon: dict, path: Path):
+    """Best-of-n against the reward model: the pick's RM score (the proxy) and gold score against the analytic
+    KL log n - (n - 1)/n, each on its own axis (Gao et al. 2022, figure 1, in miniature)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(bon["kl"], bon["rm_score"], marker="o", color="#4c72b0", label="RM score (the proxy)")
+    ax.set_xlabel("KL of best-of-n to SFT: log n - (n-1)/n (nats)")
+    ax.set_ylabel("reward-model score", color="#4c72b0")
+    gold = ax.twinx()
+    gold.plot(bon["kl"], bon["gold_score"], marker="s", color="#c44e52", label="gold-judge score (the truth)")
+    gold.set_ylabel("gold-judge score", color="#c44e52")
+    for x, n in zip(bon["kl"], bon["n"]):
+        ax.annotate(f"n={n}", (x, bon["rm_score"][bon["n"].index(n)]), fontsize=7, textcoords="offset points",
+                    xytext=(2, -10))
+    ax.set_title(f"best-of-n against the reward model ({bon['n_prompts']} held-out prompts)")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="lower center", fontsize=8, ncol=2)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def best_of_n_lines(d: Path) -> list[str]:
+    """Section 4's first part: best-of-n against the RM (bestofn.json of the best-of-n stage), with what it shows."""
+    bon = _read_json(d / "best-of-n" / "bestofn.json")
+    if not bon:
+        return ["(best-of-n: missing; run python -m minipost.evaluate checkpoints/sft --rm checkpoints/rm "
+                "--out checkpoints/best-of-n)", ""]
+    plot_best_of_n(bon, d / "best_of_n.png")
+    lines = ["**Best-of-n against the reward model** (no training): for each held-out prompt, n samples of SFT; the "
+             "reward model picks its favourite; the gold judge scores that pick. KL to SFT is log n - (n-1)/n.", "",
+             "![best-of-n](best_of_n.png)", "", "| n | KL (nats) | RM score of the pick | gold score of the pick |",
+             "|---|---|---|---|"]
+    lines += [f"| {n} | {kl:.2f} | {r:+.3f} | {g:+.3f} |"
+              for n, kl, r, g in zip(bon["n"], bon["kl"], bon["rm_score"], bon["gold_score"])]
+    peak = max(range(len(bon["n"])), key=lambda i: bon["gold_score"][i])
+    last = len(bon["n"]) - 1
+    lines += ["", f"What it shows: the RM score rises from {bon['rm_score'][0]:+.3f} (n=1) to {bon['rm_score'][-1]:+.3f} "
+              f"(n={bon['n'][-1]}); the gold score "
+              + (f"peaks at n={bon['n'][peak]} ({bon['gold_score'][peak]:+.3f}) and falls to "
+                 f"{bon['gold_score'][-1]:+.3f} at n={bon['n'][-1]}: past the peak, picking harder for the proxy picks "
+                 "what the reward model over-rates -- over-optimization (Gao et al. 2022)."
+                 if peak < last and bon["gold_score"][peak] - bon["gold_score"][-1] > 0.01 else
+                 f"goes from {bon['gold_score'][0]:+.3f} to {bon['gold_score'][-1]:+.3f} without falling: at this KL the "
+                 "reward model still agrees with the judge."), ""]
+    return lines
 
 
 def plot_stage_curves(ckpt_dir: Path, path: Path):
@@ -316,6 +373,28 @@ def grpo_section(d: Path) -> list[str]:
     return lines
 
 
+def online_dpo_lines(d: Path, evals: dict) -> list[str]:
+    """Offline vs online DPO (train_dpo.py --online): win rate, refusals, KL, and the log-probs of the chosen and
+    rejected answers at the end of training (mean of the last 5 logged steps)."""
+    runs = [(s, name) for s, name in (("dpo", "DPO (offline pairs)"), ("dpo-online", "online DPO")) if evals.get(s)]
+    if len(runs) < 2:
+        return []
+    lines = ["**Offline vs online DPO.** Offline DPO trains on pairs sampled once from SFT; online DPO samples two "
+             "answers per prompt from the policy as it is at every step and lets the reward model label them. "
+             "Likelihood displacement shows as log pi(chosen) falling during offline training.", "",
+             "| run | win rate vs SFT | harmful refused | harmless refused | KL to SFT | log pi(chosen) first → last | "
+             "log pi(rejected) first → last |", "|---|---|---|---|---|---|---|"]
+    for s, name in runs:
+        ev = evals[s]
+        rows = [r for r in _read_jsonl(d / s / "log.jsonl") if r.get("logps/chosen") is not None]
+        lp = lambda k: f"{_mean(rows[:5], k):.1f} → {_mean(rows[-5:], k):.1f}" if rows else "–"
+        lines.append(f"| {name} | {_fmt(ev.get('win_rate_vs_sft'), True)} | {_fmt(ev.get('harmful_refusal_rate'), True)} "
+                     f"| {_fmt(ev.get('benign_refusal_rate'), True)} | {_fmt(ev.get('kl_to_sft'))} | "
+                     f"{lp('logps/chosen')} | {lp('logps/rejected')} |")
+    return lines + ["", "(Online DPO's chosen and rejected are new samples at every step, so its log-probs describe the "
+                        "policy's current answers, not a fixed set.)", ""]
+
+
 def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     """Write ckpt_dir/report.md and its PNGs from the stages' outputs. Missing stages are marked missing."""
     d = Path(ckpt_dir)
@@ -392,6 +471,7 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
         lines.append("")
     else:
         lines += ["(missing)", ""]
+    lines += online_dpo_lines(d, evals)
 
     # 4. reward hacking
     runs = {}
@@ -399,7 +479,9 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
         rows = _read_jsonl(d / run / "log.jsonl")
         if rows:
             runs[label] = rows
-    lines += ["## 4. Reward hacking: the KL penalty at work", ""]
+    lines += ["## 4. Reward hacking: the proxy rises, the truth falls", ""]
+    lines += best_of_n_lines(d)
+    lines += ["**PPO with and without the KL penalty:**", ""]
     if runs:
         plot_hacking(runs, d / "hacking.png")
         lines += ["![reward hacking](hacking.png)", "",

@@ -35,19 +35,24 @@ def log_rows(path):
 
 def test_pipeline_writes_every_stage_and_the_report(micro):
     d, out = micro
-    for stage in ("base", "sft", "rm", "ppo", "ppo-nokl", "dpo", "grpo", "base-4x", "sft-4x"):
+    for stage in ("base", "sft", "rm", "ppo", "ppo-nokl", "dpo", "dpo-online", "grpo", "base-4x", "sft-4x"):
         assert (d / stage / "model.safetensors").exists() and (d / stage / "config.json").exists(), stage
     report = (d / "report.md").read_text()
     for section in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7."):
         assert section in report
-    for png in ("win_rates.png", "frontier.png", "hacking.png", "curves.png", "pass_at_k.png"):
+    for png in ("win_rates.png", "frontier.png", "hacking.png", "curves.png", "pass_at_k.png", "best_of_n.png"):
         assert (d / png).stat().st_size > 1000, png
+    # best-of-n against the RM: n = 1, 2, 4 and the KL of each; the proxy of the pick never falls with n
+    bon = json.loads((d / "best-of-n" / "bestofn.json").read_text())
+    assert bon["n"] == [1, 2, 4] and bon["kl"][0] == 0.0
+    assert bon["rm_score"] == sorted(bon["rm_score"])
+    assert "Offline vs online DPO" in report and "Best-of-n against the reward model" in report
     # numbers in the table are copied from eval.json
     sft = json.loads((d / "sft" / "eval.json").read_text())
     assert f"{100 * sft['format_rate']:.0f}%" in report
     # a second run reuses every finished stage
     again = run("pipeline.py", "--micro", "--checkpoints", d, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 9
+    assert again.returncode == 0 and again.stdout.count("reusing") == 11  # 10 checkpoints and best-of-n
 
 
 @pytest.mark.parametrize("stage, key", [("base", "loss"), ("sft", "loss"), ("rm", "loss"), ("dpo", "loss"), ("ppo", "rm_score"),
