@@ -21,7 +21,7 @@ and the poem topics are split into TRAIN (about 2/3) and HELD-OUT (about 1/3). O
 in SFT demos, preference pairs and RL prompts; the corpus mentions ALL items. So a held-out question
 can only be answered if pre-training stored the fact and SFT taught the answer FORMAT in general.
 
-Learnability is the design constraint (see FEASIBILITY.md): a 4M-parameter GPT learns a fact only
+Learnability is the design constraint (measured in docs/notes.md): a 4M-parameter GPT learns a fact only
 after several hundred mentions in ~10 surface forms, so the corpus repeats a few hundred facts many
 times in many templates, and writes answers alone on their own line (flashcards) so that the form
 without a leading space -- the one that follows "### Response:\n" -- is learned too.

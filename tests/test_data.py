@@ -1,7 +1,7 @@
 """Data: readers and their error messages, format detection, the joining rule, truncation, collate.
 
 Every data file is written by the test itself into tmp_path. The expected collate tensors are written
-out literally, one comment per row (STYLE.md).
+out literally, one comment per row.
 """
 
 import gzip
