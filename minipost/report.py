@@ -137,8 +137,10 @@ def _plt():
 def plot_win_rates(rates: dict, path: Path):
     plt = _plt()
     names = list(rates)
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    bars = ax.bar(names, [100 * rates[n] for n in names], color=["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2"][: len(names)])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860", "#da8bc3"]
+    labels = [n.replace("SFT of a ", "SFT,\n") for n in names]  # the long label on two lines
+    bars = ax.bar(labels, [100 * rates[n] for n in names], color=[colors[i % len(colors)] for i in range(len(names))])
     ax.axhline(50, color="gray", ls="--", lw=1)
     for b, n in zip(bars, names):
         ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, f"{100 * rates[n]:.0f}%", ha="center", fontsize=9)
