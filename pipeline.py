@@ -49,7 +49,8 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
         sft = ["--steps", "10", "--eval-every", "5"] + lim
         rm = ["--steps", "10", "--eval-every", "5", "--norm-samples", "16", "--policy-pairs", "16"] + lim
         ppo = ["--iterations", "2", "--batch-size", "8", "--minibatch-size", "4", "--max-new-tokens", "8"] + lim
-        dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5", "--policy-pairs", "16"] + lim
+        dpo = ["--steps", "6", "--eval-every", "3", "--sweep-steps", "2", "--beta-sweep", "0.5",
+               "--policy-pairs", "16"] + lim
         dpo_online = ["--steps", "3", "--batch-size", "4", "--eval-every", "3"] + lim
         grpo = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--minibatch-size", "8",
                 "--max-new-tokens", "8", "--passk-samples", "4", "--passk-prompts", "8"] + lim
@@ -166,7 +167,8 @@ def main(argv=None):
         proc = subprocess.run(cmd, cwd=HERE) if script.startswith("minipost/") else subprocess.run(cmd)
         if proc.returncode != 0:
             sys.exit(f"pipeline: stage {name} failed (exit {proc.returncode}); earlier stages' checkpoints are intact")
-        print(f"[{i}/{len(plan)}] {name}: done in {time.time() - t0:.0f}s (total {time.time() - t_start:.0f}s)", flush=True)
+        took, total = time.time() - t0, time.time() - t_start
+        print(f"[{i}/{len(plan)}] {name}: done in {took:.0f}s (total {total:.0f}s)", flush=True)
 
     from minipost.report import build_report
 

@@ -66,8 +66,8 @@ def parse_args(argv=None):
                    help="fraction of demonstrations held out for the held-out loss")
     p.add_argument("--eval-every", type=common.positive_int, default=20, help="held-out loss every N steps")
     p.add_argument("--loss-on", choices=["response", "all"], default="response",
-                   help="which targets the loss reads: response tokens (the method) or all = prompt too (an experiment; "
-                        "the held-out loss stays on responses)")
+                   help="which targets the loss reads: response tokens (the method) or all = prompt too "
+                        "(an experiment; the held-out loss stays on responses)")
     p.add_argument("--eval-examples", type=common.nonneg_int, default=256,
                    help="held-out demonstrations scored every --eval-every steps (a fixed subset, so the periodic "
                         "check stays cheap on a large held-out split); the final loss uses them all; 0 = all")

@@ -241,7 +241,8 @@ class GPT(nn.Module):
         """Final hidden states (B, T, C) after ln_f. idx (B, T); attention_mask (B, S), S = cache.pos + T."""
         B, T = idx.size()
         past = cache.pos if cache is not None else 0
-        assert past + T <= self.config.block_size, f"sequence of {past + T} tokens, the context holds {self.config.block_size}"
+        assert past + T <= self.config.block_size, \
+            f"sequence of {past + T} tokens, the context holds {self.config.block_size}"
         if attention_mask is None and (past == 0 or T == 1):
             # No padding: plain causal attention (training, a first forward), or one new token after the
             # cache, which sees every key. No mask to build: the fast path of every decoding step.
