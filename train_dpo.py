@@ -236,6 +236,29 @@ class PairSet:
     check: list[int]  # the held-out pairs (indices into val) scored during training: data.fixed_subset
 
 
+def chunk_backward(policy, ref, batch: list[data.EncodedPair], share: float, args, beta: float, step: int, eos_id,
+                   device, dtype, ref_logps=None):
+    """One micro-batch of pairs: the DPO loss (+ RPO's NLL), times the chunk's `share` of the batch so that
+    accumulated chunks give exactly the batch mean's gradient, then backward. ref_logps (b, 2): cached
+    reference log-probs, else the reference runs here. Returns the weighted loss and (4, b) log-probs."""
+    pol_c, pol_r = pair_logps(policy, batch, eos_id, device, dtype)  # (b,), (b,)
+    if ref_logps is not None:
+        ref_c, ref_r = ref_logps[:, 0].to(device), ref_logps[:, 1].to(device)
+    else:
+        with torch.no_grad():
+            ref_c, ref_r = pair_logps(ref, batch, eos_id, device, dtype)
+    h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (b,)
+    chunk_loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
+    if args.rpo_alpha > 0:
+        n_chosen = torch.tensor([len(p.chosen) - p.n_prompt for p in batch], dtype=torch.float32,
+                                device=pol_c.device)  # (b,) response tokens incl. EOS
+        chunk_loss = chunk_loss + args.rpo_alpha * chosen_nll(pol_c, n_chosen).mean()
+    chunk_loss = chunk_loss * share
+    common.check_finite(chunk_loss, step)
+    chunk_loss.backward()
+    return chunk_loss.detach(), torch.stack([pol_c, pol_r, ref_c, ref_r]).detach()  # (4, b)
+
+
 def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, device, dtype, save=None):
     """DPO steps on `policy`; returns (the last step's metrics, the run's Checkpointer). The main run saves
     (save(metrics, train_state)) every --save-every steps, logs and resumes; the sweep's runs (save=None) don't."""
@@ -260,23 +283,12 @@ def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, de
         loss, logps = 0.0, []
         for chunk_picks in picks.split(micro):
             batch = [pairs.train[i] for i in chunk_picks.tolist()]
-            pol_c, pol_r = pair_logps(policy, batch, tok.eos_id, device, dtype)  # (b,), (b,)
-            if pairs.train_ref_logps is not None:
-                ref_c, ref_r = (pairs.train_ref_logps[chunk_picks, k].to(device) for k in (0, 1))
-            else:
-                with torch.no_grad():
-                    ref_c, ref_r = pair_logps(ref, batch, tok.eos_id, device, dtype)
-            h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (b,)
-            chunk_loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
-            if args.rpo_alpha > 0:
-                n_chosen = torch.tensor([len(p.chosen) - p.n_prompt for p in batch], dtype=torch.float32,
-                                        device=pol_c.device)  # (b,) response tokens incl. EOS
-                chunk_loss = chunk_loss + args.rpo_alpha * chosen_nll(pol_c, n_chosen).mean()
-            chunk_loss = chunk_loss * (len(batch) / args.batch_size)  # its share of the GLOBAL batch's mean
-            common.check_finite(chunk_loss, step)
-            chunk_loss.backward()
-            loss += chunk_loss.detach()
-            logps.append(torch.stack([pol_c, pol_r, ref_c, ref_r]).detach())  # (4, b)
+            cached = pairs.train_ref_logps[chunk_picks] if pairs.train_ref_logps is not None else None  # (b, 2)
+            # its share of the GLOBAL batch's mean
+            chunk_loss, chunk_logps = chunk_backward(policy, ref, batch, len(batch) / args.batch_size, args, beta,
+                                                     step, tok.eos_id, device, dtype, ref_logps=cached)
+            loss += chunk_loss
+            logps.append(chunk_logps)  # (4, b)
         pol_c, pol_r, ref_c, ref_r = torch.cat(logps, dim=1)  # (B,) each, for the metrics below
         distributed.all_reduce_grads(policy, average=False)  # DDP: the shares add up to the global batch's gradient
         max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
@@ -420,20 +432,10 @@ def train_online(policy, ref, instructions: list[str], prompt_ids: list[list[int
             loss, logps = 0.0, []
             for k in range(0, len(pairs), micro):
                 batch = pairs[k : k + micro]
-                pol_c, pol_r = pair_logps(policy, batch, tok.eos_id, device, dtype)  # (b,), (b,)
-                with torch.no_grad():
-                    ref_c, ref_r = pair_logps(ref, batch, tok.eos_id, device, dtype)
-                h = dpo_logits(pol_c, pol_r, ref_c, ref_r)  # (b,)
-                chunk_loss = preference_loss(h, args.loss, beta, args.label_smoothing).mean()
-                if args.rpo_alpha > 0:
-                    n_chosen = torch.tensor([len(p.chosen) - p.n_prompt for p in batch], dtype=torch.float32,
-                                            device=pol_c.device)
-                    chunk_loss = chunk_loss + args.rpo_alpha * chosen_nll(pol_c, n_chosen).mean()
-                chunk_loss = chunk_loss * (len(batch) / len(pairs))
-                common.check_finite(chunk_loss, step)
-                chunk_loss.backward()
-                loss += chunk_loss.detach()
-                logps.append(torch.stack([pol_c, pol_r, ref_c, ref_r]).detach())  # (4, b)
+                chunk_loss, chunk_logps = chunk_backward(policy, ref, batch, len(batch) / len(pairs), args, beta,
+                                                         step, tok.eos_id, device, dtype)
+                loss += chunk_loss
+                logps.append(chunk_logps)  # (4, b)
             pol_c, pol_r, ref_c, ref_r = torch.cat(logps, dim=1)  # (P,) each
             max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)

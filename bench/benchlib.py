@@ -9,7 +9,6 @@ that the comparison is skipped when it is not importable.
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -153,16 +152,7 @@ def peak_memory_now(device: torch.device) -> float:
     ru_maxrss survives fork + exec -- a child starts with its parent's peak (here, a parent holding a
     124M model) -- so on Linux we read VmHWM from /proc/self/status, the high-water mark of this
     process image alone; elsewhere ru_maxrss."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20  # macOS reports bytes
+    return common.peak_memory_mb(device)  # CUDA allocator peak, else this process image's VmHWM
 
 
 def reset_peak_memory(device: torch.device):
