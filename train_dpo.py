@@ -49,7 +49,6 @@ Run it:
 """
 
 import argparse
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
 from minipost import common, data, distributed, errors, evaluate, lora
+from minipost.model import token_logprobs
 
 # -----------------------------------------------------------------------------
 # Config
@@ -187,7 +187,7 @@ def sequence_logprob(model, batch: dict) -> torch.Tensor:
     # EXERCISE sequence_logprob: log pi(y|x): the response tokens' log-probs summed per sequence
     ids = batch["input_ids"]  # (B, T)
     logits = model(ids, batch["attention_mask"])  # (B, T, V)
-    logp = common.token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log pi(ids[t+1] | ids[<=t])
+    logp = token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log pi(ids[t+1] | ids[<=t])
     return (logp * batch["response_mask"][:, 1:]).sum(dim=1)  # (B,)
     # END EXERCISE sequence_logprob
 

@@ -85,6 +85,7 @@ import torch.nn.functional as F
 from minipost import checkpoint as ckpt
 from minipost import common, data, distributed, errors, lora
 from minipost.evaluate import generate_responses
+from minipost.model import token_logprobs
 from minipost.tokenizer import chat_prompt
 from minipost.world import judge, lookup, strip_template
 
@@ -279,7 +280,7 @@ def response_logprobs(model, batch, device, dtype):
     with common.autocast(device, dtype):
         h = model.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T0 + n, C)
         logits = model.lm_head(h[:, T0 - 1 : -1])  # (B, n, V): position T0 - 1 predicts the first response token
-    return common.token_logprobs(logits, batch["input_ids"][:, T0:]), logits  # (B, n), (B, n, V)
+    return token_logprobs(logits, batch["input_ids"][:, T0:]), logits  # (B, n), (B, n, V)
 
 
 @torch.no_grad()

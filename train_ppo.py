@@ -46,7 +46,6 @@ Run it:
 """
 
 import argparse
-import math
 import time
 
 import torch
@@ -54,6 +53,7 @@ import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
 from minipost import common, data, distributed, errors, lora
+from minipost.model import token_logprobs
 
 # -----------------------------------------------------------------------------
 # Config
@@ -233,7 +233,7 @@ def forward_response(model, ids, attn, T0, device, dtype):
     with common.autocast(device, dtype):
         logits = model(ids, attn)  # (B, L, V)
     logits = logits[:, T0 - 1 : -1].float()  # (B, n, V): position t predicts token t + 1
-    return common.token_logprobs(logits, ids[:, T0:]), logits  # (B, n), (B, n, V)
+    return token_logprobs(logits, ids[:, T0:]), logits  # (B, n), (B, n, V)
 
 
 def forward_values(value_model, ids, attn, T0, device, dtype):

@@ -35,6 +35,7 @@ import torch
 
 from minipost import checkpoint as ckpt
 from minipost import common, data, distributed, errors, lora
+from minipost.model import token_logprobs
 
 # -----------------------------------------------------------------------------
 # Config
@@ -103,7 +104,7 @@ def sft_loss(logits: torch.Tensor, batch: dict, n_targets: int) -> torch.Tensor:
     # EXERCISE sft_loss: summed NLL of the response tokens, divided by the step's target count
     targets = batch["input_ids"][:, 1:]  # (B, T-1)
     mask = batch["response_mask"][:, 1:].float()  # (B, T-1): 1 where the target is a response token or EOS
-    logp = common.token_logprobs(logits[:, :-1], targets)  # (B, T-1): log pi(y_t | x, y_<t)
+    logp = token_logprobs(logits[:, :-1], targets)  # (B, T-1): log pi(y_t | x, y_<t)
     return -(logp * mask).sum() / n_targets
     # END EXERCISE sft_loss
 

@@ -17,14 +17,13 @@ call here runs with a fresh cache directory, as on a fresh clone).
 import argparse
 import os
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 
 import benchlib
 from minipost import common
-from minipost.model import GPT, config_from_preset
+from minipost.model import GPT, config_from_preset, token_logprobs
 
 CASES = {"train B=16 T=128": ("train", 16, 128), "score B=32 T=96": ("score", 32, 96)}
 
@@ -47,7 +46,7 @@ def make_call(kind, model, x, y, device, dtype):
         def score():
             with torch.no_grad(), common.autocast(device, dtype):
                 logits = model(x)  # (B, T, V)
-            return common.token_logprobs(logits[:, :-1].float(), x[:, 1:]).sum()  # (B, T-1) summed
+            return token_logprobs(logits[:, :-1].float(), x[:, 1:]).sum()  # (B, T-1) summed
         return score
     opt = common.make_optimizer(model, lr=1e-4, weight_decay=0.1)
 

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
 from minipost import distributed, lora
 from minipost.download import DownloadError
 from minipost.errors import UserError
-from minipost.model import (GPT, OFFICIAL, CausalSelfAttention, GPTConfig, GPTScalar, config_from_preset,
+from minipost.model import (GPT, OFFICIAL, CausalSelfAttention, GPTConfig, GPTScalar,
                             is_pretrained_source)
 from minipost.tokenizer import Tokenizer
 
@@ -280,14 +279,6 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "loss"):
 
 # -----------------------------------------------------------------------------
 # The one log-prob function every stage uses (SFT loss, sequence log-probs of RM/DPO/evaluation, PPO)
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target | everything before it): logits (..., V), targets (...) -> (...), in fp32 (bf16 sums drift).
-    For a whole sequence, the logits at position t predict the token at t + 1: pass logits[:, :-1], ids[:, 1:]."""
-    # EXERCISE token_logprobs: log p(target) under softmax(logits), in fp32
-    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-    # END EXERCISE token_logprobs
 
 
 def pair_accuracy(margins, pairs: list, batch_size: int = 64) -> float:

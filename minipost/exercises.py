@@ -60,7 +60,7 @@ EXERCISES = [
              (f"{T_MODEL}::test_top_k_and_top_p_on_hand_made_logits", f"{T_MODEL}::test_sampling_invariants")),
     Exercise("response_mask", "minipost/data.py",
              (f"{T_DATA}::test_collate_right_padding", f"{T_DATA}::test_collate_left_padding")),
-    Exercise("token_logprobs", "minipost/common.py",
+    Exercise("token_logprobs", "minipost/model.py",
              (f"{T_LOGP}::test_sequence_logprob_is_minus_cross_entropy_over_the_response_and_ignores_padding",
               f"{T_MATH}::test_token_logprobs_by_hand")),
     Exercise("sft_loss", "train_sft.py",

@@ -9,7 +9,8 @@ Two things post-training needs that pre-training code often skips:
   * padding. Batches of prompts of different lengths are LEFT-padded for generation; GPT-2 has no pad
     token, so every mask comes from `attention_mask` (1 = real token), never from token ids, and the
     position ids come from the mask too, so a padded prompt sees the same positions as an unpadded one.
-  * logits at every position: `forward` returns (B, T, V); the losses (SFT, DPO, PPO) live in the
+  * logits at every position: `forward` returns (B, T, V), and `token_logprobs` turns them into log pi(token)
+    -- the quantity every loss starts from; the losses themselves (SFT, DPO, PPO, GRPO) live in the
     training scripts.
 
 References: Radford et al. 2019 (GPT-2); nanoGPT and minGPT for the layout of the code.
@@ -482,6 +483,18 @@ def _config_from_hf(hf: dict | None, sd: dict, path: Path) -> GPTConfig:
     return GPTConfig(
         block_size=sd["wpe.weight"].shape[0], vocab_size=vocab_size, n_layer=n_layer, n_head=n_embd // 64, n_embd=n_embd
     )
+
+
+# -----------------------------------------------------------------------------
+# From logits to log-probabilities: the one function every stage's loss starts from
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target | everything before it): logits (..., V), targets (...) -> (...), in fp32 (bf16 sums drift).
+    For a whole sequence, the logits at position t predict the token at t + 1: pass logits[:, :-1], ids[:, 1:]."""
+    # EXERCISE token_logprobs: log p(target) under softmax(logits), in fp32
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    # END EXERCISE token_logprobs
 
 
 # -----------------------------------------------------------------------------

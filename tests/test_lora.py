@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minipost import common, lora
-from minipost.model import GPT, GPTConfig, GPTScalar
+from minipost.model import GPT, GPTConfig, GPTScalar, token_logprobs
 from minipost.tokenizer import Tokenizer
 
 
@@ -103,16 +103,16 @@ def test_adapters_off_reference_equals_a_separate_frozen_copy():
     policy = lora.apply_lora(tiny(), rank=4, alpha=8.0, targets=["attn", "proj", "mlp"])
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(3):  # train the adapters a little
-        loss = -common.token_logprobs(policy(IDX)[:, :-1], IDX[:, 1:]).mean()
+        loss = -token_logprobs(policy(IDX)[:, :-1], IDX[:, 1:]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     ref = common.frozen(lora.ReferenceView(policy))
     assert all(p.requires_grad for n, p in policy.named_parameters() if ".lora_" in n)  # frozen() left them alone
     with torch.no_grad():
-        ref_logps = common.token_logprobs(ref(IDX)[:, :-1], IDX[:, 1:])
-        copy_logps = common.token_logprobs(frozen_copy(IDX)[:, :-1], IDX[:, 1:])
-        policy_logps = common.token_logprobs(policy(IDX)[:, :-1], IDX[:, 1:])
+        ref_logps = token_logprobs(ref(IDX)[:, :-1], IDX[:, 1:])
+        copy_logps = token_logprobs(frozen_copy(IDX)[:, :-1], IDX[:, 1:])
+        policy_logps = token_logprobs(policy(IDX)[:, :-1], IDX[:, 1:])
         assert torch.equal(ref_logps, copy_logps)
         assert (policy_logps - ref_logps).abs().max() > 1e-3  # the policy itself did move
         assert torch.equal(ref.generate(IDX[:1, :4], 6, temperature=0), frozen_copy.generate(IDX[:1, :4], 6,

@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minipost import common, data
-from minipost.model import GPT, GPTConfig, attention_mask_4d
+from minipost import data
+from minipost.model import GPT, GPTConfig, attention_mask_4d, token_logprobs
 
 
 def test_attention_is_causal():
@@ -35,10 +35,10 @@ def test_attention_mask_by_hand():
 
 def test_token_logprobs_by_hand():
     logits = torch.tensor([[[0.0, math.log(3.0)], [2.0, 2.0]]])  # (1, 2, V=2): probs (1/4, 3/4), (1/2, 1/2)
-    got = common.token_logprobs(logits, torch.tensor([[1, 0]]))
+    got = token_logprobs(logits, torch.tensor([[1, 0]]))
     torch.testing.assert_close(got, torch.tensor([[math.log(0.75), math.log(0.5)]]))
     assert got.dtype == torch.float32
-    assert common.token_logprobs(logits.bfloat16(), torch.tensor([[1, 0]])).dtype == torch.float32
+    assert token_logprobs(logits.bfloat16(), torch.tensor([[1, 0]])).dtype == torch.float32
 
 
 def test_sft_loss_is_the_response_token_mean():
