@@ -4,14 +4,14 @@ Teaches: how the stages feed each other (base -> SFT -> RM -> PPO, SFT -> DPO) a
 
     python pipeline.py                 # base -> SFT -> RM -> best-of-n vs the RM -> PPO (+ a run without KL penalty)
                                        # -> DPO (+ a second beta) -> online DPO (labelled by the RM)
-                                       # -> GRPO (mixed rewards, + pass@k) -> a 4x larger base with SFT only
-                                       # -> checkpoints/report.md
+                                       # -> GRPO (mixed rewards, + pass@k) -> checkpoints/report.md
     python pipeline.py --grpo-ablations  # also GRPO with the verifier alone and with the gold judge
     python pipeline.py --redo ppo,dpo  # rerun some stages (finished stages are reused otherwise)
     python pipeline.py --redo all
     python pipeline.py --micro         # seconds-long stages, for tests and a first look
-    python pipeline.py --full          # ~1 hour: a 4x larger base trained as long as the small one (the fair
-                                       # InstructGPT comparison) and PPO without KL penalty long enough to collapse
+    python pipeline.py --full          # ~1 hour: also a 4x larger base trained as long as the small one, with SFT
+                                       # only (InstructGPT's comparison: a small aligned model against a bigger
+                                       # unaligned one), and PPO without KL penalty long enough to collapse
     python pipeline.py --seed 1        # everything again with seed 1 -- the toy world (facts split, corpus,
                                        # demos, pairs) and every stage -- into checkpoints/seed-1
 
@@ -57,20 +57,19 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
         bon = ["--best-of-n", "4", "--limit", "6"]
     else:
-        # (the whole run fits in 15 minutes on 2 CPU cores: one sweep beta, a short run without KL penalty,
-        # and a larger base that gets less compute than the small one -- see the report)
-        # GRPO's pass@k: 64 samples for each of 64 held-out fact / skill prompts, per model
-        base, sft, rm, ppo, dpo, grpo = [], [], [], [], ["--beta-sweep", "0.1"], ["--passk-prompts", "64"]
-        big = ["--steps", "100"]
+        # (the whole run is meant to fit in 15 minutes on 2 CPU cores: one sweep beta, a short run without KL
+        # penalty, no larger base -- that comparison is --full's)
+        # GRPO's pass@k: 64 samples for each of 32 held-out fact / skill prompts, per model
+        base, sft, rm, ppo, dpo, grpo = [], [], [], [], ["--beta-sweep", "0.1"], ["--passk-prompts", "32"]
+        big = ["--steps", "800"]  # (--full only) as long as the small base
         dpo_online = []
-        bon = []  # 64 samples of SFT for each of 128 held-out prompts, scored by the RM and the judge
+        bon = ["--limit", "64"]  # 64 samples of SFT for each of 64 held-out prompts, scored by the RM and the judge
     # GRPO also measures pass@k of SFT, base, PPO and DPO (stored in their directories), hence after them
     grpo_stage = ["--init", c("sft"), "--rm", c("rm"), "--base", c("base"), "--passk-also", f"{c('ppo')},{c('dpo')}"]
     ablations = [(f"grpo-{r}", "train_grpo.py", grpo_stage + ["--reward", r] + grpo, c(f"grpo-{r}"))
                  for r in ("verifier", "judge")] if grpo_ablations else []
     nokl = ppo or ["--iterations", "12"]
-    if full and not micro:  # ~1 hour: InstructGPT's comparison with a larger base that IS the better LM, and a
-        big = ["--steps", "800"]  # no-KL PPO run long enough to collapse
+    if full and not micro:  # ~1 hour: a no-KL PPO run long enough to collapse (and the larger base, below)
         nokl = ["--iterations", "50"]
     if seed is not None:  # every stage with this seed; the world too (train_base.py builds it: --world-seed)
         base = ["--world-seed", str(seed)] + base
@@ -93,10 +92,11 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
                                         "--rm", c("rm")] + dpo_online, c("dpo-online")),
         ("grpo", "train_grpo.py", grpo_stage + grpo, c("grpo")),
         *ablations,
+    ] + ([  # InstructGPT's comparison (--full; --micro keeps it so that the tests run every stage)
         ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),
         # compared with the SMALL base, like the aligned small models (InstructGPT's figure 1)
         ("sft-4x", "train_sft.py", ["--init", c("base-4x"), "--base", c("base")] + sft, c("sft-4x")),
-    ]
+    ] if full or micro else [])
 
 
 def unfinished_step(out) -> int | None:
@@ -126,8 +126,8 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated stages to run (others are skipped, even if missing)")
     p.add_argument("--micro", action="store_true", help="tiny settings: seconds per stage (tests)")
     p.add_argument("--full", action="store_true",
-                   help="about an hour: the 4x larger base pre-trained as long as the small one (800 steps), and PPO "
-                        "without KL penalty for 50 iterations")
+                   help="about an hour: also a 4x larger base pre-trained as long as the small one (800 steps) with "
+                        "SFT only (InstructGPT's comparison), and PPO without KL penalty for 50 iterations")
     p.add_argument("--device", default="", help="passed to every stage")
     p.add_argument("--grpo-ablations", action="store_true",
                    help="also run GRPO with the verifier alone (grpo-verifier) and with the gold judge (grpo-judge)")

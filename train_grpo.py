@@ -323,6 +323,7 @@ def main(argv=None):
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        data.check_world_seed(args.prompts, init_config, args.init)  # the toy world it was trained in
         # with LoRA the reference is the policy itself with its adapters off: no second copy of the weights
         ref = lora.ReferenceView(policy) if args.lora_rank > 0 else \
             common.load_model(args.init, device, fused_attn=args.fused_attn)[0]

@@ -344,6 +344,7 @@ def main(argv=None):
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         policy, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        data.check_world_seed(args.prompts, init_config, args.init)  # the toy world it was trained in
         # the context must leave room for a prompt and a full answer: said before the other models load
         room = args.max_new_tokens
         budget = policy.config.block_size - room if args.max_prompt_tokens < 0 else args.max_prompt_tokens

@@ -136,6 +136,7 @@ def main(argv=None):
     try:
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         rm, tok, init_config = common.load_model(args.init, device, kind="scalar", fused_attn=args.fused_attn)
+        data.check_world_seed(args.data, init_config, args.init)  # the toy world it was trained in
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
     common.setup_training(rm, args, train_also=("head",))  # --lora-rank: adapters + the fresh scalar head train

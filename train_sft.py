@@ -146,8 +146,11 @@ def main(argv=None):
         ckpt.prepare_output_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         # the base model: our starting point
         model, tok, init_config = common.load_model(args.init, device, fused_attn=args.fused_attn)
+        data.check_world_seed(args.data, init_config, args.init)  # the toy world it was trained in
     except ckpt.CheckpointError as e:
         raise SystemExit(f"error: {e}")
+    # the toy world this model learns from (the later stages evaluate on its held-out split)
+    world_seed = data.world_seed() if args.data == "world" else init_config.get("world_seed", 0)
     common.seed_everything(args.seed)
     common.setup_training(model, args)  # --lora-rank: adapters only; --grad-checkpoint
     block_size, max_prompt = common.stage_context(args.block_size, model.config.block_size, args.max_prompt_tokens)
@@ -171,7 +174,7 @@ def main(argv=None):
         common.save_stage(args.out, model, stage="sft", kind="lm", tokenizer=tok, args=args, metrics=metrics,
                           train_state=train_state,
                           extra={"init": args.init, "data_stats": {**read_stats, **enc_stats},
-                                 "data": data_fingerprint})
+                                 "data": data_fingerprint, "world_seed": world_seed})
 
     saver = common.Checkpointer(args, args.steps, model, save, optimizer=optimizer, data_rng=data_rng)
     start = saver.start()
@@ -242,7 +245,7 @@ def main(argv=None):
         return
     from minipost.world import build_world
 
-    world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
+    world = build_world(seed=world_seed, n_docs=1)
     base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
     common.frozen(base)
     model.eval()

@@ -339,14 +339,31 @@ def _sft_row(row: dict, where: str) -> list[dict]:
                     f"{{instruction,response}} (Dolly), {{messages}}, {{prompt,response}}")
 
 
-def _world():
-    """The toy world (built once per process; loaders copy what they take from it), with the seed in the
-    environment variable MINIPOST_WORLD_SEED (default 0; pipeline.py --seed N sets it for its stages)."""
+def world_seed() -> int:
+    """The seed of the toy world this process builds: the environment variable MINIPOST_WORLD_SEED (default 0;
+    pipeline.py --seed N sets it for its stages)."""
     seed = os.environ.get("MINIPOST_WORLD_SEED", "0")
     try:
-        return _world_of(int(seed))
+        return int(seed)
     except ValueError:
         raise DataError(f"MINIPOST_WORLD_SEED must be an integer, got {seed!r}") from None
+
+
+def _world():
+    """The toy world (built once per process; loaders copy what they take from it), with world_seed()."""
+    return _world_of(world_seed())
+
+
+def check_world_seed(source: str, init_config: dict, init_dir) -> None:
+    """A stage on toy-world data must build the world its starting checkpoint was trained in: another seed
+    splits the facts into train and held-out differently, so its training data would hold the first world's
+    held-out facts (and the evaluation would score the wrong split)."""
+    if source != "world" or "world_seed" not in init_config:  # real data, or a checkpoint not from the toy world
+        return
+    if init_config["world_seed"] != world_seed():
+        raise DataError(f"{Path(init_dir) / 'config.json'}: world_seed is {init_config['world_seed']}, but this run "
+                        f"builds toy world {world_seed()} (MINIPOST_WORLD_SEED); run it with "
+                        f"MINIPOST_WORLD_SEED={init_config['world_seed']} (pipeline.py --seed N sets it)")
 
 
 @lru_cache(maxsize=2)

@@ -43,3 +43,38 @@ def test_world_seed_from_the_environment(monkeypatch):
         assert "MINIPOST_WORLD_SEED" in str(e)
     else:
         raise AssertionError("a non-integer seed must be a DataError")
+
+
+def test_a_stage_refuses_a_checkpoint_of_another_world(tiny_dir, tmp_path, monkeypatch):
+    """Seed 1 splits the facts differently: training world-0 data on a world-1 model would leak its held-out facts."""
+    assert data.check_world_seed("demos.jsonl", {"world_seed": 1}, "x") is None  # real data: no toy world
+    assert data.check_world_seed("world", {}, "x") is None  # a checkpoint not trained in the toy world
+    monkeypatch.setenv("MINIPOST_WORLD_SEED", "1")
+    assert data.check_world_seed("world", {"world_seed": 1}, "x") is None
+    monkeypatch.delenv("MINIPOST_WORLD_SEED")
+    import shutil
+    import json
+    import pytest
+    import train_sft
+
+    init = tmp_path / "lm"
+    shutil.copytree(tiny_dir / "lm", init)
+    config = json.loads((init / "config.json").read_text())
+    (init / "config.json").write_text(json.dumps({**config, "world_seed": 1}))
+    with pytest.raises(data.DataError, match=r"lm/config.json: world_seed is 1, but this run builds toy world 0"):
+        train_sft.main(["--init", str(init), "--data", "world", "--out", str(tmp_path / "sft"), "--steps", "1"])
+    assert not (tmp_path / "sft" / "model.safetensors").exists()
+
+
+def test_sft_records_the_world_it_learned_from(tiny_dir, tmp_path, monkeypatch):
+    """The later stages evaluate on the held-out split of the world recorded in the SFT checkpoint."""
+    import json
+    import train_sft
+
+    monkeypatch.setenv("MINIPOST_WORLD_SEED", "2")
+    train_sft.main(["--init", str(tiny_dir / "lm"), "--data", str(tiny_dir / "demos.jsonl"), "--out",
+                    str(tmp_path / "a"), "--steps", "1", "--batch-size", "2", "--skip-eval"])
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["world_seed"] == 0  # not the world's data
+    train_sft.main(["--init", str(tiny_dir / "lm"), "--data", "world", "--out", str(tmp_path / "b"), "--steps", "1",
+                    "--batch-size", "2", "--skip-eval"])
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["world_seed"] == 2  # the world it learned from
