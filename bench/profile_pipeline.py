@@ -143,7 +143,10 @@ def main(argv=None):
         if only and name not in only:
             continue
         prof = prof_dir / f"{name}.prof"
-        cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), script, "--out", out, "--overwrite"] + stage_args
+        if script.startswith("minipost/"):  # a module of the package (best-of-n): its arguments hold its --out
+            cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", script[:-3].replace("/", ".")] + stage_args
+        else:
+            cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), script, "--out", out, "--overwrite"] + stage_args
         print(f"=== {name}: {' '.join(cmd[1:])}", flush=True)
         result = {}
         log_path = prof_dir / f"{name}.log"

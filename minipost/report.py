@@ -440,6 +440,10 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
             lines += ["", f"The best small aligned model ({100 * max(small):.1f}%) {verdict} the SFT-only model "
                           f"with a 4x larger base ({100 * big:.1f}%)."]
             lines += _pretraining_comparison(d, evals)
+        elif small:
+            lines += ["", "InstructGPT's other comparison -- a small aligned model against the SFT-only model of a "
+                          "4x larger base -- is not in this run: python pipeline.py --full trains that base as long "
+                          "as the small one."]
         lines.append("")
     else:
         lines += ["(missing: no samples yet)", ""]

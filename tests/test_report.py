@@ -336,3 +336,14 @@ def test_greedy_and_knowledge_oracle_references(monkeypatch):
     assert res["best_of"][2] == (pytest.approx((1 + 0.5 + 1) / 3), pytest.approx((1 - 0.5 + 1) / 3))
     assert res["greedy"] == (0.5, pytest.approx(-2 / 3))  # the same scores as the ordinary samples: all ties
     assert res["knowledge_oracle"] == (pytest.approx((1 + 0.5 + 1) / 3), pytest.approx(0.5))  # [1, -0.5, 1]
+
+
+def test_report_without_the_larger_base_says_where_it_is(tmp_path):
+    """The default pipeline skips the 4x base (--full runs it); the report must say so, not stay silent."""
+    d = tmp_path
+    _stage(d, "base", {"format_rate": 0.04, "gold_score": -0.6}, _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
+    _stage(d, "sft", {"format_rate": 0.98, "gold_score": 0.2}, _samples([1.0, -1.0], [[1.0, -1.0], [-1.0, -1.0]]))
+    _stage(d, "ppo", {"format_rate": 0.99, "gold_score": 0.25}, _samples([1.0, 1.0], [[1.0, 1.0], [1.0, -1.0]]))
+    report = build_report(d).read_text()
+    assert "- PPO: 87.5%" in report and "4x larger base" in report and "python pipeline.py --full" in report
+    assert "beats the SFT-only model" not in report
