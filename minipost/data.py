@@ -369,7 +369,9 @@ def check_world_seed(source: str, init_config: dict, init_dir) -> None:
 @lru_cache(maxsize=2)
 def _world_of(seed: int):
     from minipost.world import build_world  # imported lazily: only the toy-world sources need it
-    return build_world(seed=seed)
+    # the loaders read demonstrations, pairs and prompts, never the corpus (its own random stream: the rest of
+    # the world is the same without it)
+    return build_world(seed=seed, n_docs=1)
 
 
 def _records_of(source: str, kind: str, cache_dir) -> list[tuple[str, dict]]:

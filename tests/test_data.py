@@ -535,3 +535,13 @@ def test_directory_deep_nesting_and_answerless_chat_rows(tmp_path):
             {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
     examples, stats = load_sft(str(write(tmp_path, "chat.jsonl", jsonl(rows))))
     assert len(examples) == 1 and stats["read"] == 2 and stats["dropped_no_answer"] == 1
+
+
+def test_the_world_but_its_corpus_does_not_depend_on_the_corpus_size():
+    """The data loaders build the world without its corpus (n_docs=1): everything they read must be the same."""
+    from minipost.world import build_world
+
+    small, large = build_world(seed=0, n_docs=1), build_world(seed=0, n_docs=40)
+    for field in ("sft_demos", "preference_pairs", "heldout_pairs", "rl_prompts", "eval_prompts", "knowledge_probes"):
+        assert getattr(small, field) == getattr(large, field), field
+    assert len(small.corpus) == 1 and len(large.corpus) == 40
