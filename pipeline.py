@@ -3,7 +3,7 @@ The whole post-training pipeline on the embedded default, in one command, then t
 Teaches: how the stages feed each other (base -> SFT -> RM -> PPO, SFT -> DPO) and what each adds, in one report.
 
     python pipeline.py                 # base -> SFT -> RM -> best-of-n vs the RM -> PPO (+ a run without KL penalty)
-                                       # -> DPO (+ a second beta) -> online DPO (labelled by the RM)
+                                       # -> DPO -> online DPO (labelled by the RM)
                                        # -> GRPO (mixed rewards, + pass@k) -> checkpoints/report.md
     python pipeline.py --grpo-ablations  # also GRPO with the verifier alone and with the gold judge
     python pipeline.py --redo ppo,dpo  # rerun some stages (finished stages are reused otherwise)
@@ -11,7 +11,8 @@ Teaches: how the stages feed each other (base -> SFT -> RM -> PPO, SFT -> DPO) a
     python pipeline.py --micro         # seconds-long stages, for tests and a first look
     python pipeline.py --full          # ~1 hour: also a 4x larger base trained as long as the small one, with SFT
                                        # only (InstructGPT's comparison: a small aligned model against a bigger
-                                       # unaligned one), and PPO without KL penalty long enough to collapse
+                                       # unaligned one), PPO without KL penalty long enough to collapse, and DPO
+                                       # with a second beta
     python pipeline.py --seed 1        # everything again with seed 1 -- the toy world (facts split, corpus,
                                        # demos, pairs) and every stage -- into checkpoints/seed-1
 
@@ -57,10 +58,10 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
         big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
         bon = ["--best-of-n", "4", "--limit", "6"]
     else:
-        # (the whole run is meant to fit in 15 minutes on 2 CPU cores: one sweep beta, a short run without KL
-        # penalty, no larger base -- that comparison is --full's)
+        # (the whole run is meant to fit in 15 minutes on 2 CPU cores: a short run without KL penalty, no DPO beta
+        # sweep and no larger base -- those are --full's)
         # GRPO's pass@k: 64 samples for each of 32 held-out fact / skill prompts, per model
-        base, sft, rm, ppo, dpo, grpo = [], [], [], [], ["--beta-sweep", "0.1"], ["--passk-prompts", "32"]
+        base, sft, rm, ppo, dpo, grpo = [], [], [], [], [], ["--passk-prompts", "32"]
         big = ["--steps", "800"]  # (--full only) as long as the small base
         dpo_online = []
         bon = ["--limit", "64"]  # 64 samples of SFT for each of 64 held-out prompts, scored by the RM and the judge
@@ -69,8 +70,9 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
     ablations = [(f"grpo-{r}", "train_grpo.py", grpo_stage + ["--reward", r] + grpo, c(f"grpo-{r}"))
                  for r in ("verifier", "judge")] if grpo_ablations else []
     nokl = ppo or ["--iterations", "12"]
-    if full and not micro:  # ~1 hour: a no-KL PPO run long enough to collapse (and the larger base, below)
-        nokl = ["--iterations", "50"]
+    if full and not micro:  # ~1 hour: a no-KL PPO run long enough to collapse, a second DPO beta on the frontier
+        nokl = ["--iterations", "50"]  # (and the larger base, below)
+        dpo = ["--beta-sweep", "0.1"]
     if seed is not None:  # every stage with this seed; the world too (train_base.py builds it: --world-seed)
         base = ["--world-seed", str(seed)] + base
         base, sft, rm, ppo, nokl, dpo, dpo_online, grpo, big, bon = (
@@ -127,7 +129,8 @@ def main(argv=None):
     p.add_argument("--micro", action="store_true", help="tiny settings: seconds per stage (tests)")
     p.add_argument("--full", action="store_true",
                    help="about an hour: also a 4x larger base pre-trained as long as the small one (800 steps) with "
-                        "SFT only (InstructGPT's comparison), and PPO without KL penalty for 50 iterations")
+                        "SFT only (InstructGPT's comparison), PPO without KL penalty for 50 iterations, and DPO "
+                        "with a second beta (0.1)")
     p.add_argument("--device", default="", help="passed to every stage")
     p.add_argument("--grpo-ablations", action="store_true",
                    help="also run GRPO with the verifier alone (grpo-verifier) and with the gold judge (grpo-judge)")
