@@ -73,15 +73,15 @@ def parse_args(argv=None):
                    help="timed iterations of each side, alternating; the median is reported")
     p.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"],
                    help="transformers attention for TRL's model (sdpa: what from_pretrained picks)")
-    p.add_argument("--memory", default="on", choices=["on", "off"],
-                   help="peak memory of one iteration of each side in a fresh process")
+    p.add_argument("--memory", default="", choices=["", "on", "off"],
+                   help="peak memory of two iterations of each side in a fresh process (empty = on, off with --quick)")
     # internal: one side in a fresh process, for its peak memory
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--side", default="minipost", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.warmup, args.rounds = 1, 2
-        args.memory = "off"
+    args.memory = args.memory or ("off" if args.quick else "on")
     return args
 
 
@@ -188,7 +188,8 @@ def minipost_iterator(policy, ref, tok, hp, device, dtype):
         t_end = time.perf_counter()
         return {"generation": t_gen - t0, "score_reward": t_reward - t_gen, "score_logp": t_score - t_reward - t_ref,
                 "score_ref": t_ref, "scoring": t_score - t_gen, "update": t_end - t_score, "total": t_end - t0,
-                "length": metrics["length"], "reward": metrics["reward"], "eos_frac": sum(ended) / len(ended)}
+                "length": metrics["length"], "max_length": mask.size(1), "reward": metrics["reward"],
+                "eos_frac": sum(ended) / len(ended)}
 
     return run
 
@@ -209,6 +210,20 @@ def hf_prompt_tokenizer(vocab_size: int, eos_id: int):
 
 def ids_as_text(ids: list[int], eos_id: int) -> str:
     return " ".join("<|endoftext|>" if i == eos_id else f"t{i}" for i in ids)
+
+
+def trl_verifier(tok: Tokenizer):
+    """train_grpo.verifier_reward as a TRL reward function: TRL passes each completion's ids (cut after the first
+    EOS, which it keeps) and the dataset's other columns (here `instruction`, the raw prompt) as lists."""
+
+    def verifier(prompts, completions, completion_ids, instruction, **kwargs):
+        out = []
+        for x, ids in zip(instruction, completion_ids):
+            ended = bool(ids) and ids[-1] == tok.eos_id
+            out.append(train_grpo.verifier_reward(x, tok.decode(ids[:-1] if ended else ids), ended))
+        return out
+
+    return verifier
 
 
 class IterationClock:
@@ -262,14 +277,6 @@ def trl_trainer(hf, tok, prompts_per_iter: list[list[str]], hp, device, out_dir:
     steps_per_gen = B // hp.minibatch_size
     per_iter = steps_per_gen * hp.epochs  # optimizer steps per GRPO iteration
 
-    def verifier(prompts, completions, completion_ids, instruction, **kwargs):
-        """train_grpo.verifier_reward on minipost's decoding of TRL's completion ids (the EOS, if any, is last)."""
-        out = []
-        for x, ids in zip(instruction, completion_ids):
-            ended = bool(ids) and ids[-1] == eos
-            out.append(train_grpo.verifier_reward(x, tok.decode(ids[:-1] if ended else ids), ended))
-        return out
-
     cfg = trl.GRPOConfig(
         output_dir=out_dir, per_device_train_batch_size=hp.minibatch_size, gradient_accumulation_steps=1,
         steps_per_generation=steps_per_gen, num_iterations=hp.epochs, num_generations=hp.group_size,
@@ -281,20 +288,24 @@ def trl_trainer(hf, tok, prompts_per_iter: list[list[str]], hp, device, out_dir:
     opt = common.make_optimizer(hf, hp.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, hp.warmup)))
     clock = IterationClock(per_iter)
-    trainer = trl.GRPOTrainer(model=hf, reward_funcs=verifier, args=cfg, train_dataset=ds, processing_class=tok_hf,
+    trainer = trl.GRPOTrainer(model=hf, reward_funcs=trl_verifier(tok), args=cfg, train_dataset=ds, processing_class=tok_hf,
                               optimizers=(opt, sched), callbacks=[clock])
     trainer.remove_callback(transformers.PrinterCallback)
     got = trainer._tokenize_prompts(ds["prompt"][:4])[0]
     want = [tok.encode(chat_prompt(x)) for x in flat[:4]]
     assert [list(g) for g in got] == want, "TRL's prompt ids differ from minipost's"
-    phases = {"generate": [], "generate_and_score": [], "rewards": [], "lengths": []}
+    phases = {"generate": [], "generate_and_score": [], "rewards": [], "lengths": [], "max_lengths": [],
+              "prompts": []}
     time_method(trainer, "_generate", phases["generate"])
     time_method(trainer, "_generate_and_score_completions", phases["generate_and_score"])
     time_method(trainer, "_calculate_rewards", phases["rewards"])
     rewards_fn = trainer._calculate_rewards
 
-    def recording_rewards(inputs, prompts, completions, completion_ids_list):  # response lengths (EOS included)
+    def recording_rewards(inputs, prompts, completions, completion_ids_list):
+        """Also records the mean response length (EOS included) and the prompts (one per group) TRL sampled for."""
         phases["lengths"].append(sum(map(len, completion_ids_list)) / len(completion_ids_list))
+        phases["max_lengths"].append(max(map(len, completion_ids_list)))
+        phases["prompts"].append([x["instruction"] for x in inputs])
         return rewards_fn(inputs, prompts, completions, completion_ids_list)
 
     trainer._calculate_rewards = recording_rewards
@@ -307,7 +318,8 @@ def trl_phases(times: list[float], phases: dict) -> list[dict]:
     for k, total in enumerate(times):
         gen, gs, rew = phases["generate"][k], phases["generate_and_score"][k], phases["rewards"][k]
         out.append({"generation": gen, "scoring": gs - gen, "score_reward": rew, "score_logp": gs - gen - rew,
-                    "update": total - gs, "total": total, "length": phases["lengths"][k]})
+                    "update": total - gs, "total": total, "length": phases["lengths"][k],
+                    "max_length": phases["max_lengths"][k]})
     return out
 
 
@@ -357,7 +369,7 @@ def child(args, device):
 PHASES = [("generation", "generation"), ("scoring", "scoring"), ("score_reward", "  reward (verifier) + advantages"),
           ("score_logp", "  old log-probs (+ padding)"), ("score_ref", "  reference log-probs (minipost only)"),
           ("update", "update (epochs x minibatches)"), ("total", "total per iteration"),
-          ("length", "mean response tokens")]
+          ("length", "mean response tokens"), ("max_length", "longest response (decode steps)")]
 
 
 def main(argv=None):
@@ -398,6 +410,9 @@ def main(argv=None):
     t0 = time.perf_counter()
     trainer.train()
     trl_times = [end - begin for begin, end in zip([t0] + clock.resumed, clock.ends)]
+    # the same work: TRL sampled G responses for each of the same prompts, in order, and took S steps per iteration
+    assert phases["prompts"] == [[x for x in p for _ in range(hp.group_size)] for p in prompts], "TRL's prompts differ"
+    assert trainer.state.global_step == clock.every * len(prompts) and len(trl_times) == len(mp) == len(prompts)
     trl = trl_phases(trl_times, phases)
     per_iter = {"minipost": mp[args.warmup:], "trl": trl[args.warmup:]}
     keys = [k for k, _ in PHASES]
@@ -412,12 +427,13 @@ def main(argv=None):
     if args.memory == "on":
         for side in ("minipost", "trl"):
             mem = benchlib.measure_in_child("trl_grpo.py", ["--child", "--side", side, "--init", args.init,
-                                                            "--hf-attn", args.hf_attn, "--device", str(device)])
+                                                            "--hf-attn", args.hf_attn, "--device", str(device)]
+                                            + (["--quick"] if args.quick else []))
             result[f"peak_mib_{side}"] = mem and mem["delta_mib"]
 
     print(f"\nseconds per GRPO iteration, median of {args.rounds} alternating rounds (after {args.warmup} warm-up)")
     table = [{"phase": label, "minipost": med["minipost"].get(k), "trl": med["trl"].get(k),
-              "ratio": med["trl"][k] / med["minipost"][k] if k in med["trl"] and k != "length" else None}
+              "ratio": med["trl"][k] / med["minipost"][k] if k in med["trl"] and "length" not in k else None}
              for k, label in PHASES]
     benchlib.print_table(table, [("phase", "phase", "s"), ("minipost", "minipost", ",.3f"), ("trl", "TRL", ",.3f"),
                                  ("ratio", "TRL / minipost", ".2f")])
