@@ -288,8 +288,8 @@ def trl_trainer(hf, tok, prompts_per_iter: list[list[str]], hp, device, out_dir:
     opt = common.make_optimizer(hf, hp.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, hp.warmup)))
     clock = IterationClock(per_iter)
-    trainer = trl.GRPOTrainer(model=hf, reward_funcs=trl_verifier(tok), args=cfg, train_dataset=ds, processing_class=tok_hf,
-                              optimizers=(opt, sched), callbacks=[clock])
+    trainer = trl.GRPOTrainer(model=hf, reward_funcs=trl_verifier(tok), args=cfg, train_dataset=ds,
+                              processing_class=tok_hf, optimizers=(opt, sched), callbacks=[clock])
     trainer.remove_callback(transformers.PrinterCallback)
     got = trainer._tokenize_prompts(ds["prompt"][:4])[0]
     want = [tok.encode(chat_prompt(x)) for x in flat[:4]]
@@ -366,8 +366,10 @@ def child(args, device):
     benchlib.child_report({"base_mib": base, "resident_mib": before, "peak_mib": peak, "delta_mib": peak - before})
 
 
-PHASES = [("generation", "generation"), ("scoring", "scoring"), ("score_reward", "  reward (verifier) + advantages"),
-          ("score_logp", "  old log-probs (+ padding)"), ("score_ref", "  reference log-probs (minipost only)"),
+PHASES = [("generation", "generation"), ("scoring", "scoring"),
+          ("score_reward", "scoring: reward (verifier) + advantages"),
+          ("score_logp", "scoring: old log-probs, padding"),
+          ("score_ref", "scoring: reference log-probs (minipost only)"),
           ("update", "update (epochs x minibatches)"), ("total", "total per iteration"),
           ("length", "mean response tokens"), ("max_length", "longest response (decode steps)")]
 
@@ -406,7 +408,14 @@ def main(argv=None):
 
     # TRL iteration, minipost iteration, TRL iteration, ...: minipost's runs in TRL's callback
     mp = []
-    clock.after = lambda k: mp.append(mp_run(prompts[k]))
+
+    def after(k):  # TRL's iteration k has just ended: minipost's iteration k, and a progress line
+        trl_s = clock.ends[k] - (clock.resumed[k - 1] if k else t0)
+        mp.append(mp_run(prompts[k]))
+        print(f"iteration {k}{' (warm-up)' if k < args.warmup else ''}: TRL {trl_s:.2f} s, minipost "
+              f"{mp[-1]['total']:.2f} s", flush=True)
+
+    clock.after = after
     t0 = time.perf_counter()
     trainer.train()
     trl_times = [end - begin for begin, end in zip([t0] + clock.resumed, clock.ends)]
