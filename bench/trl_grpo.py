@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=common.nonneg_int, default=1, help="untimed first iterations of each side")
     p.add_argument("--rounds", type=common.positive_int, default=5,
                    help="timed iterations of each side, alternating; the median is reported")
+    p.add_argument("--fused-attn", action="store_true",
+                   help="minipost's model with torch's fused attention (train_grpo.py --fused-attn); default: the "
+                        "checkpoint's setting (hand-written attention for the pipeline's checkpoints and random init)")
     p.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"],
                    help="transformers attention for TRL's model (sdpa: what from_pretrained picks)")
     p.add_argument("--memory", default="", choices=["", "on", "off"],
@@ -94,13 +97,14 @@ def grpo_settings(quick: bool):
     return hp
 
 
-def load_policy(init: str, device):
-    """(minipost GPT, where it came from), dropout off."""
+def load_policy(init: str, device, fused_attn: bool = False):
+    """(minipost GPT, where it came from), dropout off; fused_attn=True switches to torch's fused attention."""
     torch.manual_seed(0)
     if init and os.path.isdir(init):
-        model, _, _ = common.load_model(init, device)
+        model, _, _ = common.load_model(init, device, fused_attn=True if fused_attn else None)
         return model, init
-    return GPT(common.dropout_off(config_from_preset("tiny"))).to(device), "random init (tiny)"
+    cfg = common.dropout_off(config_from_preset("tiny", fused_attn=fused_attn))
+    return GPT(cfg).to(device), "random init (tiny)"
 
 
 def load_instructions(tok: Tokenizer, hp, block_size: int) -> list[str]:
@@ -329,11 +333,11 @@ def trl_phases(times: list[float], phases: dict) -> list[dict]:
 def build(args, device):
     """Everything both sides need: (hp, tok, policy, ref, hf, prompts per iteration, info)."""
     hp = grpo_settings(args.quick)
-    policy, source = load_policy(args.init, device)
+    policy, source = load_policy(args.init, device, args.fused_attn)
     tok = Tokenizer(policy.config.vocab_size)
     instructions = load_instructions(tok, hp, policy.config.block_size)
     prompts = iteration_prompts(instructions, hp, args.warmup + args.rounds)
-    info = {"source": source, "params": sum(p.numel() for p in policy.parameters()), "prompts_available":
+    info = {"source": source, "fused_attn": policy.config.fused_attn, "params": sum(p.numel() for p in policy.parameters()), "prompts_available":
             len(instructions), **{k: getattr(hp, k) for k in ("prompts_per_step", "group_size", "epochs",
                                                                "minibatch_size", "max_new_tokens", "lr", "warmup",
                                                                "clip", "kl_coef", "advantage", "loss_agg",
@@ -437,7 +441,8 @@ def main(argv=None):
         for side in ("minipost", "trl"):
             mem = benchlib.measure_in_child("trl_grpo.py", ["--child", "--side", side, "--init", args.init,
                                                             "--hf-attn", args.hf_attn, "--device", str(device)]
-                                            + (["--quick"] if args.quick else []))
+                                            + (["--quick"] if args.quick else [])
+                                            + (["--fused-attn"] if args.fused_attn else []))
             result[f"peak_mib_{side}"] = mem and mem["delta_mib"]
 
     print(f"\nseconds per GRPO iteration, median of {args.rounds} alternating rounds (after {args.warmup} warm-up)")
