@@ -24,12 +24,13 @@ The same work on both sides:
 
 What cannot be made identical (also in bench/README.md): the two sides sample different responses (different random
 streams), so response lengths, and hence the work, differ from iteration to iteration; the table shows each side's
-mean response length. train_grpo.py computes reference log-probs every iteration to log the KL even with beta 0
+mean and longest response (at random init almost none stops early: ~32 tokens on both sides). train_grpo.py computes reference log-probs every iteration to log the KL even with beta 0
 (its deviation 5), TRL skips the reference model when beta is 0: minipost does one more no-grad forward over the
 batch (its time is shown on its own line). TRL shuffles the rollout batch once and reuses the same minibatches in
 its second pass; train_grpo.py reshuffles each epoch (the same amount of work). TRL computes the entropy of every
 training minibatch, train_grpo.py of the first epoch's. TRL's LM head runs fused over completion positions
-(transformers' fused_lm_head), train_grpo.py's on the response positions (a (b, n, V) logits tensor).
+(transformers' fused_lm_head), train_grpo.py's on the response positions (a (b, n, V) logits tensor). Only the
+tiny shape in fp32 is measured (the 124M shape would take minutes per iteration on 2 cores).
 
 Timing: TRL's train() runs warmup + rounds iterations; at the end of each of its iterations (a callback at every
 S-th optimizer step, S = optimizer steps per iteration) one minipost iteration runs and is subtracted from TRL's
