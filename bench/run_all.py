@@ -19,7 +19,7 @@ from pathlib import Path
 import benchlib
 
 SCRIPTS = ["matmul_peak.py", "train_throughput.py", "generate_throughput.py", "ppo_breakdown.py", "trl_peer.py",
-           "compile_check.py"]
+           "trl_grpo.py", "compile_check.py"]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -147,6 +147,29 @@ def trl_section(quick: bool = False) -> list[str]:
     return parts
 
 
+def grpo_section(quick: bool = False) -> list[str]:
+    """Markdown: the GRPO iteration against TRL's GRPOTrainer (trl_grpo.py): the target, then the phase table."""
+    g = load("trl_grpo", quick)
+    if not g:
+        return []
+    st, m = g["settings"], g["machine"]
+    check_row = {"target": "GRPO iteration >= 2x faster than TRL's GRPOTrainer", "where": f"{st['source']}, fp32",
+                 "measured": f"{g['speedup']:.2f}x", "met": check(g["speedup"] >= 2.0)}
+    mem = (f" Peak memory of two iterations above the resident model: minipost {g['peak_mib_minipost']:,.0f} MiB, "
+           f"TRL {g['peak_mib_trl']:,.0f} MiB." if g.get("peak_mib_minipost") and g.get("peak_mib_trl") else "")
+    return ["", f"## GRPO iteration vs TRL {m.get('trl')} GRPOTrainer (trl_grpo.py)", "",
+            f"train_grpo.py's defaults with the verifier reward ({st['prompts_per_step']} prompts x {st['group_size']} "
+            f"samples, <= {st['max_new_tokens']} new tokens, {st['epochs']} epochs of minibatches of "
+            f"{st['minibatch_size']}, no KL), the same weights (fp32 logit diff {st['fp32_max_logit_diff']:.1e}), "
+            f"prompts, reward and optimizer; seconds per iteration, median of {g['args']['rounds']} rounds alternating "
+            f"iteration by iteration ({m['torch_threads']} torch threads; load average {m['load_avg_1m']:.1f} -> "
+            f"{m.get('load_avg_1m_end', float('nan')):.1f}).{mem}", "",
+            md_table([check_row], [("target", "target", "s"), ("where", "where", "s"), ("measured", "measured", "s"),
+                                   ("met", "met", "s")]),
+            "", md_table(g["rows"], [("phase", "phase", "s"), ("minipost", "minipost s", ",.3f"),
+                                     ("trl", "TRL s", ",.3f"), ("ratio", "TRL / minipost", ".2f")])]
+
+
 def summary(quick: bool = False) -> str:
     peak, train, gen, ppo = (load(n, quick) for n in ("matmul_peak", "train_throughput", "generate_throughput", "ppo_breakdown"))
     any_result = next((r for r in (peak, train, gen, ppo) if r), None)
@@ -201,6 +224,7 @@ def summary(quick: bool = False) -> str:
                   f"{ppo['train_ppo_dtype']}. Peak memory: {mem}.", "",
                   md_table([{**r, "phase": r["phase"].strip()} for r in ppo["rows"]], cols)]
     parts += trl_section(quick)
+    parts += grpo_section(quick)
     return "\n".join(parts) + "\n"
 
 

@@ -11,6 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import profile_pipeline  # noqa: E402
+import train_grpo  # noqa: E402
+import trl_grpo  # noqa: E402
 import trl_peer  # noqa: E402
 from minipost import common, data  # noqa: E402
 from minipost.model import GPTScalar, GPTConfig  # noqa: E402
@@ -60,6 +62,45 @@ def test_step_batches_draw_like_the_scripts():
     g = torch.Generator().manual_seed(7)
     expected = [torch.randint(0, 100, (8,), generator=g).tolist() for _ in range(3)]
     assert trl_peer.step_batches(rows, 8, 3, seed=7) == expected
+
+
+def test_grpo_prompts_reach_trl_as_minipost_ids():
+    """TRL tokenizes prompts itself: the text a prompt is handed over as must tokenize back to minipost's ids
+    (the chat template's, EOS included) with no special tokens added."""
+    pytest.importorskip("transformers")
+    from minipost.tokenizer import Tokenizer, chat_prompt
+
+    tok = Tokenizer(4096)
+    tok_hf = trl_grpo.hf_prompt_tokenizer(tok.vocab_size, tok.eos_id)
+    ids = [tok.encode(chat_prompt(x)) for x in ("How much is 9 plus 9?", "Which city is the capital of Ireland?")]
+    ids.append([5, tok.eos_id, 17, 0, tok.vocab_size - 2])
+    texts = [trl_grpo.ids_as_text(x, tok.eos_id) for x in ids]
+    assert tok_hf(text=texts)["input_ids"] == ids
+
+
+def test_trl_reward_function_is_the_verifier():
+    """The TRL reward function scores TRL's completion ids (cut after the first EOS, which TRL keeps) as
+    train_grpo.verifier_reward scores minipost's (text without EOS, ended flag): right, wrong, no EOS."""
+    from minipost.tokenizer import Tokenizer
+
+    tok = Tokenizer(4096)
+    x = "Which city is the capital of Ireland?"
+    right, wrong = tok.encode("Dublin"), tok.encode("Paris")
+    completions = [right + [tok.eos_id], wrong + [tok.eos_id], right, []]
+    got = trl_grpo.trl_verifier(tok)(prompts=None, completions=None, completion_ids=completions, instruction=[x] * 4)
+    assert got == [train_grpo.VERIFIER_CORRECT, train_grpo.VERIFIER_WRONG, train_grpo.VERIFIER_NO_ANSWER,
+                   train_grpo.VERIFIER_NO_ANSWER]
+    assert got[:3] == [train_grpo.verifier_reward(x, tok.decode(c), e) for c, e in ((right, True), (wrong, True),
+                                                                                    (right, False))]
+
+
+def test_grpo_iteration_prompts_draw_like_the_script():
+    """train_grpo.py picks each step's prompts with randint on a generator seeded with --seed; so must the benchmark."""
+    hp = trl_grpo.grpo_settings(quick=False)
+    pool = [f"q{i}" for i in range(50)]
+    g = torch.Generator().manual_seed(hp.seed)
+    expected = [[pool[i] for i in torch.randint(0, 50, (hp.prompts_per_step,), generator=g).tolist()] for _ in range(3)]
+    assert trl_grpo.iteration_prompts(pool, hp, 3) == expected
 
 
 def _leaf_a():
