@@ -123,6 +123,9 @@ def parse_args(argv=None):
     p.add_argument("--clip", type=common.positive_float, default=0.2, help="ratio clip epsilon")
     p.add_argument("--kl-coef", type=common.nonneg_float, default=0.0,
                    help="beta: weight of the k3 KL to the reference in the loss (0 = off)")
+    p.add_argument("--rm-kl-coef", type=common.nonneg_float, default=0.1,
+                   help="beta_RM: subtracted from the reward of every response the REWARD MODEL scores, times its "
+                        "summed log-ratio log pi_old / pi_ref (the KL penalty of train_ppo.py; rm and mixed only)")
     p.add_argument("--missing-eos-penalty", type=common.nonneg_float, default=1.0,
                    help="subtracted from reward-model scores of responses without EOS "
                         "(the verifier has its own format check)")
@@ -243,15 +246,18 @@ def verifier_reward(instruction: str, response: str, ended: bool) -> float | Non
 
 
 @torch.no_grad()
-def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: float, device, dtype) -> torch.Tensor:
-    """Rewards (B,) of `kind` (verifier | rm | mixed | judge) for the decoded responses; `batch` holds the
-    tokenized prompt + response rows that the reward model reads (its score at the last real token)."""
+def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: float, device, dtype):
+    """Rewards (B,) of `kind` (verifier | rm | mixed | judge) for the decoded responses, and a (B,) bool of
+    the ones the reward model scored; `batch` holds the tokenized prompt + response rows that the reward
+    model reads (its score at the last real token)."""
     if kind == "judge":
-        return torch.tensor([judge(x, y).score for x, y in zip(instructions, texts)], device=device)
+        scores = torch.tensor([judge(x, y).score for x, y in zip(instructions, texts)], device=device)
+        return scores, torch.zeros(len(texts), dtype=torch.bool, device=device)
     checked = [verifier_reward(x, y, e) for x, y, e in zip(instructions, texts, ended)]
+    rm_scored = torch.tensor([c is None or kind == "rm" for c in checked], dtype=torch.bool, device=device)
     if kind == "verifier":
         assert None not in checked, "--reward verifier got a prompt without a checkable answer"
-        return torch.tensor(checked, device=device)
+        return torch.tensor(checked, device=device), rm_scored
     need_rm = [i for i, c in enumerate(checked) if c is None or kind == "rm"]  # mixed: only where nothing is checkable
     scores = torch.zeros(len(texts), device=device)
     for idx in torch.tensor(need_rm, dtype=torch.long, device=device).split(64):  # the reward model, in chunks
@@ -259,8 +265,16 @@ def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: fl
             scores[idx] = rm.score(batch["input_ids"][idx], batch["attention_mask"][idx]).float()
     scores -= eos_penalty * (~torch.tensor(ended, device=device)).float()
     if kind == "rm":
-        return scores
-    return torch.tensor([s if c is None else c for s, c in zip(scores.tolist(), checked)], device=device)  # mixed
+        return scores, rm_scored
+    mixed = torch.tensor([s if c is None else c for s, c in zip(scores.tolist(), checked)], device=device)
+    return mixed, rm_scored
+
+
+def kl_penalized(rewards: torch.Tensor, rm_scored: torch.Tensor, seq_kl: torch.Tensor, coef: float) -> torch.Tensor:
+    """r_i - beta_RM * KL_i on the responses a reward model scored, r_i elsewhere; all (B,).
+    KL_i = sum_t log pi_old(o_{i,t}) / pi_ref(o_{i,t}), the sampled estimate of the response's KL to the
+    reference (k1, as in train_ppo.py's reward). The verifier's rewards are left alone: it is not a proxy."""
+    return torch.where(rm_scored, rewards - coef * seq_kl, rewards)
 
 
 # -----------------------------------------------------------------------------
@@ -382,11 +396,9 @@ def main(argv=None):
         group_of = [x for x in prompts for _ in range(G)]  # (B,) the instruction of every response
         policy.eval()
         texts, ended, batch = sample_groups(policy, tok, prompts, G, args.max_new_tokens, sample_rng, device, dtype)
-        rewards = rewards_of(args.reward, group_of, texts, ended, batch, rm, args.missing_eos_penalty,
-                             device, dtype)  # (B,)
-        advantages = group_advantages(rewards, G, args.advantage)  # (B,)
+        scores, rm_scored = rewards_of(args.reward, group_of, texts, ended, batch, rm, args.missing_eos_penalty,
+                                       device, dtype)  # (B,), (B,)
         mask = batch["response_mask"]  # (B, n)
-        t_roll = time.time() - t0
 
         # old and reference log-probs, minibatch by minibatch in the order of the first epoch: the first
         # training forward pass is then bitwise the one that made old_logp (ratio exactly 1)
@@ -397,6 +409,10 @@ def main(argv=None):
                 mb = minibatch(batch, idx)
                 old_logp[idx] = response_logprobs(policy, mb, device, dtype)[0]
                 ref_logp[idx] = response_logprobs(ref, mb, device, dtype)[0]
+        seq_kl = ((old_logp - ref_logp) * mask).sum(dim=1)  # (B,) log pi_old(o_i) / pi_ref(o_i)
+        rewards = kl_penalized(scores, rm_scored, seq_kl, args.rm_kl_coef)  # (B,)
+        advantages = group_advantages(rewards, G, args.advantage)  # (B,)
+        t_roll = time.time() - t0  # sampling, scoring, and the old and reference log-probs
 
         # ---- clipped-surrogate epochs over minibatches of responses
         policy.train()  # dropout is off (load_model): train mode changes nothing in the forward pass
@@ -435,12 +451,13 @@ def main(argv=None):
         # ---- this step's numbers (per response, or token means over valid tokens)
         groups = rewards.view(-1, G)  # (P, G)
         metrics = {
-            "reward": rewards.mean().item(),
+            "reward": rewards.mean().item(),  # after the KL penalty of reward-model-scored responses
+            "rm_score": scores[rm_scored].mean().item() if rm_scored.any() else None,  # the reward model's, raw
             "reward_std": groups.std(dim=1).mean().item(),  # within a group: what GRPO divides by
             "zero_var_groups": (groups.max(dim=1).values == groups.min(dim=1).values).float().mean().item(),
             "loss": sum(a["loss"] for a in acc) / len(acc),
             "clipfrac": sum(a["clipfrac"] for a in acc) / len(acc),
-            "kl": ((old_logp - ref_logp) * mask).sum(dim=1).mean().item(),  # k1 per response, like kl_to_sft
+            "kl": seq_kl.mean().item(),  # k1 per response, like kl_to_sft
             "entropy": sum(a["entropy"] for a in acc if "entropy" in a) / sum("entropy" in a for a in acc),
             "length": mask.sum(dim=1).mean().item(),
             "eos_frac": sum(ended) / len(ended),
