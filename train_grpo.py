@@ -46,15 +46,34 @@ Rewards (`--reward`):
     judge     the toy world's gold judge on every prompt: an ablation (a perfect reward model), labelled
               as such wherever it is shown, like train_ppo.py --reward judge.
 
+The reward model is a proxy: its scores carry a KL penalty, the verifier's do not (`--rm-kl-coef`):
+
+    r_i = RM(q, o_i) - beta_RM * sum_t log pi_old(o_{i,t}) / pi_ref(o_{i,t})      (rm, mixed; beta_RM = 0.3)
+
+the per-response KL penalty of RLHF (Ziegler et al. 2019; InstructGPT; train_ppo.py's reward, with its
+beta). Why, and why only there: a reward model ranks well only near the responses it was trained to rank.
+Without a leash 30 steps of mixed GRPO found what it had never seen ranked: a bare "17" to "How do I bake
+bread?" and to "How do I break into a house?" outscores both a recipe and a refusal, and the per-group
+std division turns the gap inside a group into advantages of +-1, whatever its size. The verifier is not
+a proxy: drifting away from SFT cannot fool it, so its prompts keep the plain reward and move freely.
+The k3 term in the loss (--kl-coef) is not the same leash: per token, on every prompt, and weighed against
+advantages of order 1; at beta = 0.04 it left the hack in place (docs/grpo.md).
+
+The response budget covers the answers asked for (--max-new-tokens 48, as in the evaluation). The SFT
+model's how-to answers are 34 tokens long (median); with 32, two thirds of them were cut off and paid
+--missing-eos-penalty, so on how-to prompts the only responses that "ended" were short ones: the budget
+itself paid for the short-answer hack.
+
 What is removed from PPO (train_ppo.py), and why it still works: the value model (half the memory and
 compute; GAE needs it, a group mean does not), per-token rewards (one reward per response), the KL penalty
-in the reward (here a KL term in the loss, off by default: with a verifier there is no proxy to hack), and
+in the reward wherever a verifier scores (no proxy to hack there; kept on the reward model's scores), and
 advantage whitening over the batch (each group is normalized on its own).
 
 Deviations from the papers (read these before comparing numbers):
-  1. A tiny model and toy world; groups of 8, 16 prompts per step, 32-token responses, ~30 steps.
-  2. KL to the reference off by default (--kl-coef 0), as in DAPO, Dr. GRPO and most 2025 recipes;
-     DeepSeekMath used beta = 0.04. With --kl-coef > 0 the k3 term is reduced like the surrogate.
+  1. A tiny model and toy world; groups of 8, 16 prompts per step, responses of up to 48 tokens, ~30 steps.
+  2. No KL term in the loss by default (--kl-coef 0), as in DAPO, Dr. GRPO and most 2025 recipes;
+     DeepSeekMath used beta = 0.04. With --kl-coef > 0 the k3 term is reduced like the surrogate. The KL
+     penalty on the reward model's scores (--rm-kl-coef 0.3) is in the reward, as in PPO, not in the loss.
   3. The old policy is the policy that sampled the batch (pi_old = pi at rollout time); pi_old's log-probs
      come from the training forward pass, not the sampler, so the first minibatch's ratio is exactly 1.
      Later minibatches and epochs are slightly off-policy, which the clip is for. With --epochs 1 and one
@@ -62,7 +81,7 @@ Deviations from the papers (read these before comparing numbers):
   4. The verifier is the judge's exact-answer rule (the world's known answer in the first line, no hedging
      between candidates) plus a format check; it scores nothing else. No "thinking" tokens: answers are
      a few words, so this is RLVR on short answers, not on long reasoning.
-  5. Reference log-probs are computed for every batch (to log the KL) even when --kl-coef is 0.
+  5. Reference log-probs are computed for every batch (the reward's KL penalty, and the logged KL).
   6. No entropy bonus, no dynamic sampling (DAPO re-samples zero-variance groups; here they are counted).
 
 Run it:
@@ -117,13 +136,14 @@ def parse_args(argv=None):
     p.add_argument("--group-size", type=common.positive_int, default=8, help="G: samples per prompt (>= 2)")
     p.add_argument("--epochs", type=common.positive_int, default=2, help="passes over each rollout batch")
     p.add_argument("--minibatch-size", type=common.positive_int, default=32, help="responses per gradient step")
-    p.add_argument("--max-new-tokens", type=common.positive_int, default=32, help="response length limit (L_max)")
+    p.add_argument("--max-new-tokens", type=common.positive_int, default=48,
+                   help="response length limit (L_max); 48 = the evaluation's, room for a how-to answer")
     p.add_argument("--lr", type=common.positive_float, default=2e-5, help="learning rate (constant after warmup)")
     p.add_argument("--warmup", type=common.nonneg_int, default=4, help="linear warmup, in gradient steps")
     p.add_argument("--clip", type=common.positive_float, default=0.2, help="ratio clip epsilon")
     p.add_argument("--kl-coef", type=common.nonneg_float, default=0.0,
                    help="beta: weight of the k3 KL to the reference in the loss (0 = off)")
-    p.add_argument("--rm-kl-coef", type=common.nonneg_float, default=0.1,
+    p.add_argument("--rm-kl-coef", type=common.nonneg_float, default=0.3,
                    help="beta_RM: subtracted from the reward of every response the REWARD MODEL scores, times its "
                         "summed log-ratio log pi_old / pi_ref (the KL penalty of train_ppo.py; rm and mixed only)")
     p.add_argument("--missing-eos-penalty", type=common.nonneg_float, default=1.0,
