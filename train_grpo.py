@@ -60,7 +60,7 @@ The k3 term in the loss (--kl-coef) is not the same leash: per token, on every p
 advantages of order 1; at beta = 0.04 it left the hack in place (docs/grpo.md).
 
 The response budget covers the answers asked for (--max-new-tokens 48, as in the evaluation). The SFT
-model's how-to answers are 34 tokens long (median); with 32, two thirds of them were cut off and paid
+model's sampled answers to how-to prompts are 34 tokens long (median); with 32, two thirds were cut off and paid
 --missing-eos-penalty, so on how-to prompts the only responses that "ended" were short ones: the budget
 itself paid for the short-answer hack.
 
