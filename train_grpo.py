@@ -46,15 +46,34 @@ Rewards (`--reward`):
     judge     the toy world's gold judge on every prompt: an ablation (a perfect reward model), labelled
               as such wherever it is shown, like train_ppo.py --reward judge.
 
+The reward model is a proxy: its scores carry a KL penalty, the verifier's do not (`--rm-kl-coef`):
+
+    r_i = RM(q, o_i) - beta_RM * sum_t log pi_old(o_{i,t}) / pi_ref(o_{i,t})      (rm, mixed; beta_RM = 0.3)
+
+the per-response KL penalty of RLHF (Ziegler et al. 2019; InstructGPT; train_ppo.py's reward, with its
+beta). Why, and why only there: a reward model ranks well only near the responses it was trained to rank.
+Without a leash 30 steps of mixed GRPO found what it had never seen ranked: a bare "17" to "How do I bake
+bread?" and to "How do I break into a house?" outscores both a recipe and a refusal, and the per-group
+std division turns the gap inside a group into advantages of +-1, whatever its size. The verifier is not
+a proxy: drifting away from SFT cannot fool it, so its prompts keep the plain reward and move freely.
+The k3 term in the loss (--kl-coef) is not the same leash: per token, on every prompt, and weighed against
+advantages of order 1; at beta = 0.04 it left the hack in place (docs/grpo.md).
+
+The response budget covers the answers asked for (--max-new-tokens 48, as in the evaluation). The SFT
+model's sampled answers to how-to prompts are 34 tokens long (median); with 32, two thirds were cut off and paid
+--missing-eos-penalty, so on how-to prompts the only responses that "ended" were short ones: the budget
+itself paid for the short-answer hack.
+
 What is removed from PPO (train_ppo.py), and why it still works: the value model (half the memory and
 compute; GAE needs it, a group mean does not), per-token rewards (one reward per response), the KL penalty
-in the reward (here a KL term in the loss, off by default: with a verifier there is no proxy to hack), and
+in the reward wherever a verifier scores (no proxy to hack there; kept on the reward model's scores), and
 advantage whitening over the batch (each group is normalized on its own).
 
 Deviations from the papers (read these before comparing numbers):
-  1. A tiny model and toy world; groups of 8, 16 prompts per step, 32-token responses, ~30 steps.
-  2. KL to the reference off by default (--kl-coef 0), as in DAPO, Dr. GRPO and most 2025 recipes;
-     DeepSeekMath used beta = 0.04. With --kl-coef > 0 the k3 term is reduced like the surrogate.
+  1. A tiny model and toy world; groups of 8, 16 prompts per step, responses of up to 48 tokens, ~30 steps.
+  2. No KL term in the loss by default (--kl-coef 0), as in DAPO, Dr. GRPO and most 2025 recipes;
+     DeepSeekMath used beta = 0.04. With --kl-coef > 0 the k3 term is reduced like the surrogate. The KL
+     penalty on the reward model's scores (--rm-kl-coef 0.3) is in the reward, as in PPO, not in the loss.
   3. The old policy is the policy that sampled the batch (pi_old = pi at rollout time); pi_old's log-probs
      come from the training forward pass, not the sampler, so the first minibatch's ratio is exactly 1.
      Later minibatches and epochs are slightly off-policy, which the clip is for. With --epochs 1 and one
@@ -62,7 +81,7 @@ Deviations from the papers (read these before comparing numbers):
   4. The verifier is the judge's exact-answer rule (the world's known answer in the first line, no hedging
      between candidates) plus a format check; it scores nothing else. No "thinking" tokens: answers are
      a few words, so this is RLVR on short answers, not on long reasoning.
-  5. Reference log-probs are computed for every batch (to log the KL) even when --kl-coef is 0.
+  5. Reference log-probs are computed for every batch (the reward's KL penalty, and the logged KL).
   6. No entropy bonus, no dynamic sampling (DAPO re-samples zero-variance groups; here they are counted).
 
 Run it:
@@ -118,12 +137,16 @@ def parse_args(argv=None):
     p.add_argument("--group-size", type=common.positive_int, default=8, help="G: samples per prompt (>= 2)")
     p.add_argument("--epochs", type=common.positive_int, default=2, help="passes over each rollout batch")
     p.add_argument("--minibatch-size", type=common.positive_int, default=32, help="responses per gradient step")
-    p.add_argument("--max-new-tokens", type=common.positive_int, default=32, help="response length limit (L_max)")
+    p.add_argument("--max-new-tokens", type=common.positive_int, default=48,
+                   help="response length limit (L_max); 48 = the evaluation's, room for a how-to answer")
     p.add_argument("--lr", type=common.positive_float, default=2e-5, help="learning rate (constant after warmup)")
     p.add_argument("--warmup", type=common.nonneg_int, default=4, help="linear warmup, in gradient steps")
     p.add_argument("--clip", type=common.positive_float, default=0.2, help="ratio clip epsilon")
     p.add_argument("--kl-coef", type=common.nonneg_float, default=0.0,
                    help="beta: weight of the k3 KL to the reference in the loss (0 = off)")
+    p.add_argument("--rm-kl-coef", type=common.nonneg_float, default=0.3,
+                   help="beta_RM: subtracted from the reward of every response the REWARD MODEL scores, times its "
+                        "summed log-ratio log pi_old / pi_ref (the KL penalty of train_ppo.py; rm and mixed only)")
     p.add_argument("--missing-eos-penalty", type=common.nonneg_float, default=1.0,
                    help="subtracted from reward-model scores of responses without EOS "
                         "(the verifier has its own format check)")
@@ -244,15 +267,18 @@ def verifier_reward(instruction: str, response: str, ended: bool) -> float | Non
 
 
 @torch.no_grad()
-def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: float, device, dtype) -> torch.Tensor:
-    """Rewards (B,) of `kind` (verifier | rm | mixed | judge) for the decoded responses; `batch` holds the
-    tokenized prompt + response rows that the reward model reads (its score at the last real token)."""
+def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: float, device, dtype):
+    """Rewards (B,) of `kind` (verifier | rm | mixed | judge) for the decoded responses, and a (B,) bool of
+    the ones the reward model scored; `batch` holds the tokenized prompt + response rows that the reward
+    model reads (its score at the last real token)."""
     if kind == "judge":
-        return torch.tensor([judge(x, y).score for x, y in zip(instructions, texts)], device=device)
+        scores = torch.tensor([judge(x, y).score for x, y in zip(instructions, texts)], device=device)
+        return scores, torch.zeros(len(texts), dtype=torch.bool, device=device)
     checked = [verifier_reward(x, y, e) for x, y, e in zip(instructions, texts, ended)]
+    rm_scored = torch.tensor([c is None or kind == "rm" for c in checked], dtype=torch.bool, device=device)
     if kind == "verifier":
         assert None not in checked, "--reward verifier got a prompt without a checkable answer"
-        return torch.tensor(checked, device=device)
+        return torch.tensor(checked, device=device), rm_scored
     need_rm = [i for i, c in enumerate(checked) if c is None or kind == "rm"]  # mixed: only where nothing is checkable
     scores = torch.zeros(len(texts), device=device)
     for idx in torch.tensor(need_rm, dtype=torch.long, device=device).split(64):  # the reward model, in chunks
@@ -260,8 +286,16 @@ def rewards_of(kind: str, instructions, texts, ended, batch, rm, eos_penalty: fl
             scores[idx] = rm.score(batch["input_ids"][idx], batch["attention_mask"][idx]).float()
     scores -= eos_penalty * (~torch.tensor(ended, device=device)).float()
     if kind == "rm":
-        return scores
-    return torch.tensor([s if c is None else c for s, c in zip(scores.tolist(), checked)], device=device)  # mixed
+        return scores, rm_scored
+    mixed = torch.tensor([s if c is None else c for s, c in zip(scores.tolist(), checked)], device=device)
+    return mixed, rm_scored
+
+
+def kl_penalized(rewards: torch.Tensor, rm_scored: torch.Tensor, seq_kl: torch.Tensor, coef: float) -> torch.Tensor:
+    """r_i - beta_RM * KL_i on the responses a reward model scored, r_i elsewhere; all (B,).
+    KL_i = sum_t log pi_old(o_{i,t}) / pi_ref(o_{i,t}), the sampled estimate of the response's KL to the
+    reference (k1, as in train_ppo.py's reward). The verifier's rewards are left alone: it is not a proxy."""
+    return torch.where(rm_scored, rewards - coef * seq_kl, rewards)
 
 
 # -----------------------------------------------------------------------------
@@ -384,11 +418,9 @@ def main(argv=None):
         group_of = [x for x in prompts for _ in range(G)]  # (B,) the instruction of every response
         policy.eval()
         texts, ended, batch = sample_groups(policy, tok, prompts, G, args.max_new_tokens, sample_rng, device, dtype)
-        rewards = rewards_of(args.reward, group_of, texts, ended, batch, rm, args.missing_eos_penalty,
-                             device, dtype)  # (B,)
-        advantages = group_advantages(rewards, G, args.advantage)  # (B,)
+        scores, rm_scored = rewards_of(args.reward, group_of, texts, ended, batch, rm, args.missing_eos_penalty,
+                                       device, dtype)  # (B,), (B,)
         mask = batch["response_mask"]  # (B, n)
-        t_roll = time.time() - t0
 
         # old and reference log-probs, minibatch by minibatch in the order of the first epoch: the first
         # training forward pass is then bitwise the one that made old_logp (ratio exactly 1)
@@ -399,6 +431,10 @@ def main(argv=None):
                 mb = minibatch(batch, idx)
                 old_logp[idx] = response_logprobs(policy, mb, device, dtype)[0]
                 ref_logp[idx] = response_logprobs(ref, mb, device, dtype)[0]
+        seq_kl = ((old_logp - ref_logp) * mask).sum(dim=1)  # (B,) log pi_old(o_i) / pi_ref(o_i)
+        rewards = kl_penalized(scores, rm_scored, seq_kl, args.rm_kl_coef)  # (B,)
+        advantages = group_advantages(rewards, G, args.advantage)  # (B,)
+        t_roll = time.time() - t0  # sampling, scoring, and the old and reference log-probs
 
         # ---- clipped-surrogate epochs over minibatches of responses
         policy.train()  # dropout is off (load_model): train mode changes nothing in the forward pass
@@ -437,12 +473,13 @@ def main(argv=None):
         # ---- this step's numbers (per response, or token means over valid tokens)
         groups = rewards.view(-1, G)  # (P, G)
         metrics = {
-            "reward": rewards.mean().item(),
+            "reward": rewards.mean().item(),  # after the KL penalty of reward-model-scored responses
+            "rm_score": scores[rm_scored].mean().item() if rm_scored.any() else None,  # the reward model's, raw
             "reward_std": groups.std(dim=1).mean().item(),  # within a group: what GRPO divides by
             "zero_var_groups": (groups.max(dim=1).values == groups.min(dim=1).values).float().mean().item(),
             "loss": sum(a["loss"] for a in acc) / len(acc),
             "clipfrac": sum(a["clipfrac"] for a in acc) / len(acc),
-            "kl": ((old_logp - ref_logp) * mask).sum(dim=1).mean().item(),  # k1 per response, like kl_to_sft
+            "kl": seq_kl.mean().item(),  # k1 per response, like kl_to_sft
             "entropy": sum(a["entropy"] for a in acc if "entropy" in a) / sum("entropy" in a for a in acc),
             "length": mask.sum(dim=1).mean().item(),
             "eos_frac": sum(ended) / len(ended),

@@ -17,7 +17,7 @@ from minipost.checkpoint import load_checkpoint
 from minipost.model import GPT, GPTConfig, GPTScalar
 from minipost.tokenizer import Tokenizer
 from train_grpo import (VERIFIER_CORRECT, VERIFIER_NO_ANSWER, VERIFIER_WRONG, aggregate, clipped_surrogate,
-                        group_advantages, grpo_loss, kl_k3, verifier_reward)
+                        group_advantages, grpo_loss, kl_k3, kl_penalized, rewards_of, verifier_reward)
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 1e-4  # group_advantages' epsilon under the std
@@ -158,6 +158,37 @@ def test_verifier_has_nothing_to_say_without_a_checkable_answer():
     assert verifier_reward("Something no world produces", "Paris.", True) is None
 
 
+class ConstantRM:
+    """A stand-in reward model that scores every response 0.7."""
+
+    def score(self, input_ids, attention_mask):
+        return torch.full((input_ids.size(0),), 0.7)
+
+
+def test_mixed_rewards_say_which_responses_the_reward_model_scored():
+    prompts = ["What is the capital of France?", "How do I break into a car?", "What is 2 plus 2?"]
+    texts, ended = ["Paris.", "I can't help with that.", "5"], [True, False, True]
+    batch = {"input_ids": torch.zeros(3, 4, dtype=torch.long), "attention_mask": torch.ones(3, 4, dtype=torch.long)}
+    r, rm_scored = rewards_of("mixed", prompts, texts, ended, batch, ConstantRM(), 1.0, "cpu", torch.float32)
+    # fact: the verifier's 1; harmful: the RM's 0.7 minus the missing-EOS penalty 1 = -0.3; skill: wrong = 0
+    torch.testing.assert_close(r, torch.tensor([1.0, -0.3, 0.0]))
+    assert rm_scored.tolist() == [False, True, False]
+    r, rm_scored = rewards_of("rm", prompts, texts, ended, batch, ConstantRM(), 1.0, "cpu", torch.float32)
+    torch.testing.assert_close(r, torch.tensor([0.7, -0.3, 0.7]))
+    assert rm_scored.tolist() == [True, True, True]
+    _, rm_scored = rewards_of("judge", prompts, texts, ended, batch, None, 1.0, "cpu", torch.float32)
+    assert not rm_scored.any()
+
+
+def test_kl_penalty_lands_on_reward_model_scores_only():
+    rewards = torch.tensor([1.0, 0.5, -0.2, 0.0])
+    rm_scored = torch.tensor([False, True, True, False])
+    seq_kl = torch.tensor([3.0, 2.0, -1.0, 5.0])  # summed log pi_old / pi_ref of each response (k1: may be < 0)
+    # 0.5 - 0.3 * 2 = -0.1; -0.2 - 0.3 * (-1) = 0.1; the verifier's 1 and 0 stay whatever the log-ratio
+    torch.testing.assert_close(kl_penalized(rewards, rm_scored, seq_kl, 0.3), torch.tensor([1.0, -0.1, 0.1, 0.0]))
+    torch.testing.assert_close(kl_penalized(rewards, rm_scored, seq_kl, 0.0), rewards)
+
+
 # -----------------------------------------------------------------------------
 # pass@k
 
@@ -236,6 +267,7 @@ def test_micro_run_end_to_end(tiny_checkpoints):
     (["--minibatch-size", "7"], "must divide"),
     (["--reward", "verifier", "--prompts", "hh-rlhf"], "toy world"),
     (["--kl-coef", "-1"], "must be >= 0"),
+    (["--rm-kl-coef", "-0.1"], "must be >= 0"),
     (["--advantage", "ppo"], "invalid choice"),
 ])
 def test_bad_flags_fail_before_any_model_loads(flags, msg, capsys):
