@@ -427,7 +427,7 @@ def train_online(policy, ref, instructions: list[str], prompt_ids: list[list[int
         policy.train()  # generation left it in eval mode (dropout is off: no difference in the forward pass)
         metrics = {"pairs": stats["pairs"], "ties": stats["ties"], "label_mean": stats["label_mean"], "lr": lr}
         if pairs:
-            # ---- one DPO step on them, micro-batched like offline DPO; the reference is recomputed per batch
+            # ---- TRAINING STEP BEGIN: one DPO step on them, micro-batched like offline DPO (reference per batch)
             optimizer.zero_grad(set_to_none=True)
             loss, logps = 0.0, []
             for k in range(0, len(pairs), micro):
@@ -440,6 +440,7 @@ def train_online(policy, ref, instructions: list[str], prompt_ids: list[list[int
             max_norm = args.grad_clip if args.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
             optimizer.step()
+            # ---- TRAINING STEP END; what follows only measures
             reward_chosen, reward_rejected = beta * (pol_c - ref_c), beta * (pol_r - ref_r)
             metrics.update({
                 "loss": loss.item(), "rewards/chosen": reward_chosen.mean().item(),

@@ -343,6 +343,21 @@ def sample_groups(policy, tok, instructions: list[str], group_size: int, max_new
     return texts, ended, batch | {"prompt_len": prompts["input_ids"].size(1)}
 
 
+def check_first_minibatch(policy, batch: dict, first: torch.Tensor, old_logp, advantages, args, device, dtype):
+    """Before any update the policy that trains IS the one that sampled: on the first minibatch every ratio
+    pi / pi_old must be 1 and nothing clipped (docs/pitfalls.md, pitfall 7). The loss there is just minus the
+    minibatch's mean advantage (weighted as --loss-agg weighs tokens): about 0, since advantages sum to 0 within
+    each group. Its value says nothing about progress (its GRADIENT moves the policy): watch the reward."""
+    with torch.no_grad():
+        logp, _ = response_logprobs(policy, minibatch(batch, first), device, dtype)
+        mask = batch["response_mask"][first]
+        loss, clip_stats = grpo_loss(logp, old_logp[first], None, advantages[first], mask, clip=args.clip,
+                                     kl_coef=0.0, agg=args.loss_agg, max_len=args.max_new_tokens)
+    ratio_error = ((logp - old_logp[first]).exp() - 1).abs().mul(mask).max().item()
+    print(f"check: first minibatch |ratio - 1| max {ratio_error:.2e} (must be < 1e-5), "
+          f"clip fraction {clip_stats['clipfrac'].item():.3f} | loss {loss.item():+.4f} (about 0: watch the reward)")
+
+
 # -----------------------------------------------------------------------------
 
 
@@ -436,26 +451,21 @@ def main(argv=None):
         advantages = group_advantages(rewards, G, args.advantage)  # (B,)
         t_roll = time.time() - t0  # sampling, scoring, and the old and reference log-probs
 
-        # ---- clipped-surrogate epochs over minibatches of responses
         policy.train()  # dropout is off (load_model): train mode changes nothing in the forward pass
-        acc = []
+        if step == start:
+            check_first_minibatch(policy, batch, perm[:local_minibatch], old_logp, advantages, args, device, dtype)
+        # ---- TRAINING STEP BEGIN: clipped-surrogate epochs over minibatches of responses
+        minibatch_stats = []
         for epoch in range(args.epochs):
             order = perm if epoch == 0 else torch.randperm(B, generator=data_rng).to(device)
-            for mb_i, idx in enumerate(order.split(local_minibatch)):
+            for minibatch_index, idx in enumerate(order.split(local_minibatch)):
                 common.set_lr(opt, args.lr * min(1.0, (grad_step + 1) / max(1, args.warmup)))
                 logp, logits = response_logprobs(policy, minibatch(batch, idx), device, dtype)
-                loss, st = grpo_loss(logp, old_logp[idx], ref_logp[idx] if args.kl_coef > 0 else None, advantages[idx],
-                                     mask[idx], clip=args.clip, kl_coef=args.kl_coef, agg=args.loss_agg,
-                                     max_len=args.max_new_tokens)
-                if step == start and epoch == 0 and mb_i == 0:
-                    # ratio exactly 1 here, so the loss is just minus the minibatch's mean advantage (weighted as
-                    # --loss-agg weighs tokens): about 0, since advantages sum to 0 within each group. Its value
-                    # says nothing about progress (its GRADIENT moves the policy): watch the reward, not the loss.
-                    dev = ((logp - old_logp[idx]).exp() - 1).abs().mul(mask[idx]).max().item()
-                    print(f"check: first minibatch |ratio - 1| max {dev:.2e} (must be < 1e-5), "
-                          f"clip fraction {st['clipfrac'].item():.3f} | loss {loss.item():+.4f} "
-                          "(about 0: watch the reward)")
-                common.check_finite(loss, grad_step, f"GRPO loss (step {step}, epoch {epoch}, minibatch {mb_i})")
+                loss, clip_stats = grpo_loss(logp, old_logp[idx], ref_logp[idx] if args.kl_coef > 0 else None,
+                                             advantages[idx], mask[idx], clip=args.clip, kl_coef=args.kl_coef,
+                                             agg=args.loss_agg, max_len=args.max_new_tokens)
+                common.check_finite(loss, grad_step, f"GRPO loss (step {step}, epoch {epoch}, "
+                                                     f"minibatch {minibatch_index})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 distributed.all_reduce_grads(policy, average=True)  # DDP: the mean of the ranks' gradients
@@ -463,24 +473,30 @@ def main(argv=None):
                                                args.grad_clip if args.grad_clip > 0 else float("inf"))
                 opt.step()
                 grad_step += 1
-                acc.append({"loss": loss.item()} | {k: v.item() for k, v in st.items()})
+                minibatch_stats.append({"loss": loss.item()} | {k: v.item() for k, v in clip_stats.items()})
                 if epoch == 0:  # the entropy of the rollout policy (later epochs would measure a moved one)
                     with torch.no_grad():
-                        lp = F.log_softmax(logits.float(), dim=-1)  # (b, n, V)
-                        ent = -(lp.exp() * lp).sum(-1)  # (b, n)
-                        acc[-1]["entropy"] = ((ent * mask[idx]).sum() / mask[idx].sum()).item()
+                        logprobs = F.log_softmax(logits.float(), dim=-1)  # (b, n, V)
+                        entropy = -(logprobs.exp() * logprobs).sum(-1)  # (b, n)
+                        minibatch_stats[-1]["entropy"] = ((entropy * mask[idx]).sum() / mask[idx].sum()).item()
+        # ---- TRAINING STEP END; what follows only measures
 
         # ---- this step's numbers (per response, or token means over valid tokens)
         groups = rewards.view(-1, G)  # (P, G)
+
+        def mean_of(key):  # over the minibatches that measured it
+            values = [s[key] for s in minibatch_stats if key in s]
+            return sum(values) / len(values)
+
         metrics = {
             "reward": rewards.mean().item(),  # after the KL penalty of reward-model-scored responses
             "rm_score": scores[rm_scored].mean().item() if rm_scored.any() else None,  # the reward model's, raw
             "reward_std": groups.std(dim=1).mean().item(),  # within a group: what GRPO divides by
             "zero_var_groups": (groups.max(dim=1).values == groups.min(dim=1).values).float().mean().item(),
-            "loss": sum(a["loss"] for a in acc) / len(acc),
-            "clipfrac": sum(a["clipfrac"] for a in acc) / len(acc),
+            "loss": mean_of("loss"),
+            "clipfrac": mean_of("clipfrac"),
             "kl": seq_kl.mean().item(),  # k1 per response, like kl_to_sft
-            "entropy": sum(a["entropy"] for a in acc if "entropy" in a) / sum("entropy" in a for a in acc),
+            "entropy": mean_of("entropy"),
             "length": mask.sum(dim=1).mean().item(),
             "eos_frac": sum(ended) / len(ended),
         }
