@@ -230,7 +230,8 @@ def main(argv=None):
         evaluate.print_samples(result, n=4, title="base model, chat-template prompts (greedy)")
         evaluate.write_eval(args.out, result)
         knowledge = common.fmt_pct(result['metrics']['knowledge_rank_accuracy'])
-        print(f"knowledge (held-out facts ranked first by likelihood): {knowledge}; "
+        skills = common.fmt_pct(result['metrics']['skill_rank_accuracy'])
+        print(f"knowledge (held-out facts / skills ranked first by likelihood): {knowledge} / {skills}; "
               f"answers in chat format: {common.fmt_pct(result['metrics']['format_rate'])}")
 
 
