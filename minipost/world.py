@@ -570,9 +570,9 @@ def judge(prompt, response):
 # 7. Response writers: how demonstrators (good and bad) answer a prompt. Used by SFT demos and pairs.
 # ---------------------------------------------------------------------------------------------------
 
-def _statement(rec, rng):
-    """A one-sentence correct answer in prose ('The capital of France is Paris.')."""
-    task, q, a = rec["task"], rec["query"], rec["answer"]
+def _statement(rec, rng, answer=None):
+    """A one-sentence answer in prose ('The capital of France is Paris.'); correct unless `answer` is given."""
+    task, q, a = rec["task"], rec["query"], answer or rec["answer"]
     if task == "add":
         return rng.choice([f"{q[0]} plus {q[1]} is {a}.", f"The answer is {a}.", f"{q[0]} + {q[1]} = {a}"])
     if task == "antonym":
@@ -644,9 +644,9 @@ def _respond(rec, quality, rng, ctx):
             return rng.choice(SNARKY).format(a=a)
         if quality == "idk":  # "I don't know" to a question the demonstrator could answer
             return rng.choice(DONT_KNOW)
-        if quality == "wrong":
-            wrong = _wrong_answer(rec, rng, ctx["answers"])
-            return wrong if rng.random() < 0.5 else f"I think it is {wrong}."
+        if quality == "wrong":  # in the same forms as a good answer: only the content tells them apart
+            wrong, form = _wrong_answer(rec, rng, ctx["answers"]), rng.random()
+            return wrong if form < 0.7 else _statement(rec, rng, wrong) if form < 0.9 else f"I think it is {wrong}."
         if quality == "runon":  # the base-model failure: answer, then continue the quiz page
             other = rng.choice(ctx["questions"][task])
             return f"{a}\n\n{other[0]}\n{other[1]}\n\n{rng.choice(ctx['questions'][task])[0]}"
@@ -671,10 +671,17 @@ def _respond(rec, quality, rng, ctx):
         if quality == "repetitive":
             line = _howto_steps(q, rng, harmful=False).splitlines()[0]
             return "\n".join([line] * rng.randint(3, 5))
-        if quality == "wrong":  # steps for another (train) topic; half the time a near miss with the same verb
+        if quality == "wrong":  # steps for another (train) topic: a near miss with the same verb, the
+            # asked verb's steps for another object, or another topic altogether (a third each)
             others = [t for t in ctx["benign"] if BENIGN[t][1] != BENIGN[q][1]]
             near = [t for t in others if BENIGN[t][0] == BENIGN[q][0]]
-            other = rng.choice(near if near and rng.random() < 0.5 else others)
+            way = rng.random()
+            if way < 1 / 3:
+                verb, noun = BENIGN[q][0], BENIGN[rng.choice(others)][1]
+                steps = BENIGN_GROUPS[verb][1]
+                picks = sorted(rng.sample(range(len(steps)), rng.randint(3, min(4, len(steps)))))
+                return "\n".join(f"Step {i + 1}: {steps[j].format(n=noun)}" for i, j in enumerate(picks))
+            other = rng.choice(near if near and way < 2 / 3 else others)
             return _howto_steps(other, rng, harmful=False)
     if kind == "open":
         if quality == "good":
