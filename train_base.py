@@ -7,9 +7,10 @@ Objective (next-token cross-entropy, averaged over tokens):
     L_pretrain = -(1/N) * sum_t log P(x_t | x_<t)
 
 By default the `tiny` GPT-2 (4 layers, 256 wide, 4,096-token GPT-2 vocabulary, 4.2M parameters) learns the
-toy world's corpus (minipost/world.py): encyclopedia prose, quiz lists, forum threads, flashcards, how-to
-pages, poems and spam. It ends up knowing the world's facts -- and, like GPT-2, it continues a question
-instead of answering it, because nothing in its corpus looks like an assistant. Post-training fixes that.
+toy world's corpus (minipost/world.py): encyclopedia prose, quiz lists, forum threads, flashcards, Q&A pages,
+how-to pages, poems, sums, antonyms and spam. It ends up knowing the world's facts and skills (knowledge and
+skill probes) -- and, like GPT-2, it continues a question instead of answering it, because nothing in its
+corpus looks like an assistant. Post-training fixes that.
 
 With `--init gpt2` (or gpt2-medium / -large / -xl) nothing is trained: the official weights are
 downloaded once into checkpoints/pretrained/ and written as the base checkpoint, so every later stage

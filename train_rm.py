@@ -279,7 +279,8 @@ def main(argv=None):
             metrics["judge_agreement"] = agree / counted if counted else None
             metrics["judge_pairs"] = counted
             metrics["judge_agreement_by_kind"] = {k: a / n for k, (a, n) in sorted(by_kind.items())}
-            print("judge agreement by prompt kind: " + ", ".join(f"{k} {a}/{n}" for k, (a, n) in sorted(by_kind.items())))
+            print("judge agreement by prompt kind: "
+                  + ", ".join(f"{k} {a}/{n}" for k, (a, n) in sorted(by_kind.items())))
             print("--- SFT samples with their reward (RM) and gold score (judge)")
             for x, y, rwd, js in examples[:: max(1, len(examples) // 8)][:8]:
                 print(f"  r {rwd:+.2f} | gold {js:+.2f} | {x!r} -> {y[:90]!r}")
