@@ -7,9 +7,10 @@ Objective (next-token cross-entropy, averaged over tokens):
     L_pretrain = -(1/N) * sum_t log P(x_t | x_<t)
 
 By default the `tiny` GPT-2 (4 layers, 256 wide, 4,096-token GPT-2 vocabulary, 4.2M parameters) learns the
-toy world's corpus (minipost/world.py): encyclopedia prose, quiz lists, forum threads, flashcards, how-to
-pages, poems and spam. It ends up knowing the world's facts -- and, like GPT-2, it continues a question
-instead of answering it, because nothing in its corpus looks like an assistant. Post-training fixes that.
+toy world's corpus (minipost/world.py): encyclopedia prose, quiz lists, forum threads, flashcards, Q&A pages,
+how-to pages, poems, sums, antonyms and spam. It ends up knowing the world's facts and skills (knowledge and
+skill probes) -- and, like GPT-2, it continues a question instead of answering it, because nothing in its
+corpus looks like an assistant. Post-training fixes that.
 
 With `--init gpt2` (or gpt2-medium / -large / -xl) nothing is trained: the official weights are
 downloaded once into checkpoints/pretrained/ and written as the base checkpoint, so every later stage
@@ -230,7 +231,8 @@ def main(argv=None):
         evaluate.print_samples(result, n=4, title="base model, chat-template prompts (greedy)")
         evaluate.write_eval(args.out, result)
         knowledge = common.fmt_pct(result['metrics']['knowledge_rank_accuracy'])
-        print(f"knowledge (held-out facts ranked first by likelihood): {knowledge}; "
+        skills = common.fmt_pct(result['metrics']['skill_rank_accuracy'])
+        print(f"knowledge (held-out facts / skills ranked first by likelihood): {knowledge} / {skills}; "
               f"answers in chat format: {common.fmt_pct(result['metrics']['format_rate'])}")
 
 

@@ -252,7 +252,7 @@ def main(argv=None):
 
         # ---- agreement with the gold judge on fresh pairs of SFT samples (toy world)
         if args.data == "world":
-            from minipost.world import build_world, judge
+            from minipost.world import build_world, judge, lookup
 
             world = build_world(seed=init_config.get("world_seed", 0), n_docs=1)
             eval_instr = [p["prompt"] for p in world.eval_prompts]
@@ -266,16 +266,22 @@ def main(argv=None):
             prompts_t = [tok.encode(chat_prompt(x)) for x in eval_instr]
             ra = evaluate.rewards_of(rm, tok, prompts_t, a_tok, a_end, device, dtype)
             rb = evaluate.rewards_of(rm, tok, prompts_t, b_tok, b_end, device, dtype)
-            agree, counted, examples = 0, 0, []
+            agree, counted, examples, by_kind = 0, 0, [], {}
             for i, x in enumerate(eval_instr):
                 ja, jb = judge(x, a_txt[i]).score, judge(x, b_txt[i]).score
                 examples.append((x, a_txt[i], ra[i].item(), ja))
                 if ja == jb:
                     continue  # the judge ties: no preference to agree with
                 counted += 1
-                agree += int((ja > jb) == (ra[i] > rb[i]).item())
+                agreed = int((ja > jb) == (ra[i] > rb[i]).item())
+                agree += agreed
+                kind = by_kind.setdefault(lookup(x)["kind"], [0, 0])  # [agreed, counted] per prompt kind
+                kind[0], kind[1] = kind[0] + agreed, kind[1] + 1
             metrics["judge_agreement"] = agree / counted if counted else None
             metrics["judge_pairs"] = counted
+            metrics["judge_agreement_by_kind"] = {k: a / n for k, (a, n) in sorted(by_kind.items())}
+            print("judge agreement by prompt kind: "
+                  + ", ".join(f"{k} {a}/{n}" for k, (a, n) in sorted(by_kind.items())))
             print("--- SFT samples with their reward (RM) and gold score (judge)")
             for x, y, rwd, js in examples[:: max(1, len(examples) // 8)][:8]:
                 print(f"  r {rwd:+.2f} | gold {js:+.2f} | {x!r} -> {y[:90]!r}")

@@ -18,6 +18,8 @@ Metrics (all over the world's held-out `eval_prompts`, greedy decoding unless sa
   knowledge_rank_accuracy share of held-out facts whose true answer has the highest log-likelihood among
                           alternatives, in corpus-style text ("The capital of Peru is" -> " Lima"): does
                           the model KNOW the fact, whatever its answer format?
+  skill_rank_accuracy     the same for held-out skill items ("3 plus 4 is" -> " 7", "The opposite of hot
+                          is" -> " cold", both directions): did pre-training teach the skill?
 With reference models:
   win_rate_vs_<name>         judge score of our sample vs theirs on the same prompt, at temperature 1
                              (ties count half): the DPO paper's setting (Rafailov et al. 2023, fig. 2-3).
@@ -153,10 +155,11 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
     """
     from minipost.world import judge
 
-    prompts, probes = world.eval_prompts, world.knowledge_probes
+    prompts, probes, skill_probes = world.eval_prompts, world.knowledge_probes, getattr(world, "skill_probes", [])
     if limit > 0:
         prompts = prompts[:: max(1, len(prompts) // limit)][:limit]
         probes = probes[:: max(1, len(probes) // limit)][:limit]
+        skill_probes = skill_probes[:: max(1, len(skill_probes) // limit)][:limit]
     instructions = [p["prompt"] for p in prompts]
     texts, token_lists, ended = generate_responses(model, tok, instructions, device=device, dtype=dtype)
     verdicts = [judge(x, y) for x, y in zip(instructions, texts)]
@@ -200,6 +203,7 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
         "mean_length": sum(map(len, token_lists)) / len(token_lists),
         "eos_rate": sum(ended) / len(ended),
         "knowledge_rank_accuracy": knowledge_rank_accuracy(model, tok, probes, device=device, dtype=dtype),
+        "skill_rank_accuracy": knowledge_rank_accuracy(model, tok, skill_probes, device=device, dtype=dtype),
         "n_prompts": len(prompts),
     }
     for name, ref in (refs or {}).items():

@@ -35,6 +35,7 @@ LARGER = ("sft-4x", "SFT of a 4x larger base")
 # (row label, metric key, how to read it)
 CAPABILITIES = [
     ("Raw knowledge", "knowledge_rank_accuracy", "held-out facts ranked first by likelihood"),
+    ("Raw skills", "skill_rank_accuracy", "held-out sums / antonyms ranked first by likelihood"),
     ("Following instructions", "format_rate", "answers in the assistant format"),
     ("Correct answers", "accuracy", "fact + skill prompts answered correctly"),
     ("Safety (refusals)", "harmful_refusal_rate", "harmful requests refused"),

@@ -29,7 +29,7 @@ def test_same_seed_same_world_and_different_seed_differs(w0):
     assert again.preference_pairs == w0.preference_pairs
     assert again.heldout_pairs == w0.heldout_pairs
     assert again.eval_prompts == w0.eval_prompts
-    assert again.knowledge_probes == w0.knowledge_probes
+    assert again.knowledge_probes == w0.knowledge_probes and again.skill_probes == w0.skill_probes
     other = build_world(seed=1, n_docs=N_DOCS)
     assert other.corpus != w0.corpus
     assert other.sft_demos != w0.sft_demos
@@ -40,7 +40,7 @@ def test_sizes_and_record_formats(w0):
     assert len(w0.corpus) == N_DOCS
     assert 600 <= len(w0.sft_demos) <= 1500
     assert len(w0.preference_pairs) == 2000 and len(w0.heldout_pairs) == 300
-    qualities = {"good", "verbose", "repetitive", "wrong", "refusal", "harmful_compliance"}
+    qualities = {"good", "verbose", "repetitive", "wrong", "refusal", "harmful_compliance", "jargon", "snarky", "idk"}
     assert {d["quality"] for d in w0.sft_demos} == qualities
     good = sum(d["quality"] == "good" for d in w0.sft_demos) / len(w0.sft_demos)
     assert 0.6 < good < 0.8
@@ -50,7 +50,16 @@ def test_sizes_and_record_formats(w0):
     assert all(set(p) == {"prompt", "chosen", "rejected", "contrast"} for p in w0.preference_pairs)
     assert {p["contrast"] for p in w0.preference_pairs} == {
         "correct_vs_wrong", "concise_vs_repetitive", "refusal_vs_compliance", "answer_vs_refusal",
-        "stop_vs_runon", "concise_vs_verbose", "answer_vs_offtopic", "refusal_vs_offtopic"}
+        "stop_vs_runon", "concise_vs_verbose", "answer_vs_offtopic", "refusal_vs_offtopic",
+        "clear_vs_jargon", "polite_vs_snarky", "answer_vs_dont_know", "answer_vs_wrong_kind", "refusal_vs_wrong_kind"}
+    # the quality problem: about 1 in 10 non-harmful demos valid but dispreferred (padded, jargon, snarky,
+    # "I don't know")
+    others = [d for d in w0.sft_demos if W.lookup(d["prompt"])["kind"] != "harmful"]
+    problem = sum(d["quality"] in ("verbose", "jargon", "snarky", "idk") for d in others) / len(others)
+    assert 0.06 < problem < 0.14
+    # off-task answers (a bare number or fact answer to a how-to, poem or harmful prompt) among the rejected
+    wrong_kind = [p for p in w0.preference_pairs if p["contrast"].endswith("_vs_wrong_kind")]
+    assert 0.03 < len(wrong_kind) / len(w0.preference_pairs) < 0.15
 
 
 def test_table_sizes():
@@ -94,13 +103,29 @@ def test_training_data_uses_train_items_only(w0):
         assert re.search(rf"\b({k}|{a})\b", blob) is None, (k, a)
 
 
-def test_held_out_sums_never_in_training(w0):
+def test_held_out_skills_never_in_training(w0):
     held_sums = {eval(i)[1:] for i in _held_ids(w0) if i.startswith("('add'")}
-    assert 40 <= len(held_sums) <= 70
-    for d in w0.sft_demos:
-        rec = W.lookup(d["prompt"])
+    held_words = {eval(i)[1] for i in _held_ids(w0) if i.startswith("('antonym'")}
+    held_words |= {b for a, b in W.ANTONYMS if a in held_words}
+    assert 25 <= len(held_sums) <= 40 and 20 <= len(held_words) <= 40
+    prompts = ([d["prompt"] for d in w0.sft_demos] + [p["prompt"] for p in w0.preference_pairs]
+               + [p["prompt"] for p in w0.rl_prompts])
+    seen_sums, seen_words = set(), set()
+    for x in prompts:
+        rec = W.lookup(x)
         if rec["task"] == "add":
-            assert tuple(rec["query"]) not in held_sums
+            seen_sums.add(tuple(rec["query"]))
+        if rec["task"] == "antonym":
+            seen_words |= {rec["query"], rec["answer"]}
+    assert seen_sums and seen_words and not seen_sums & held_sums and not seen_words & held_words
+    # nor as an answer: no held-out antonym word in any SFT or pair response to an antonym prompt
+    texts = [d["response"] for d in w0.sft_demos if W.lookup(d["prompt"])["task"] == "antonym"]
+    texts += [p[k] for p in w0.preference_pairs for k in ("chosen", "rejected")
+              if W.lookup(p["prompt"])["task"] == "antonym"]
+    assert len(texts) > 100
+    for t in texts:  # ordinary words ("day" in a poem) may occur; a held-out pair as an answer may not
+        assert W._first_line(t).strip(".").lower() not in held_words, t
+        assert not any(re.search(rf"opposite of {w}\b", t) for w in held_words), t
 
 
 def test_corpus_mentions_held_out_entities_and_has_no_chat_template(w0):
@@ -134,6 +159,25 @@ def test_knowledge_probes_cover_exactly_the_held_out_facts(w0):
         assert all(a.startswith(" ") for a in p["alternatives"])
     assert probed == held_facts
     assert len(w0.knowledge_probes) == len(held_facts)
+
+
+def test_skill_probes_cover_the_held_out_skills_in_both_directions(w0):
+    held = _held_ids(w0)
+    sums = [p for p in w0.skill_probes if p["task"] == "add"]
+    antonyms = [p for p in w0.skill_probes if p["task"] == "antonym"]
+    assert len(sums) == sum(i.startswith("('add'") for i in held)
+    assert len(antonyms) == 2 * sum(i.startswith("('antonym'") for i in held)  # both directions
+    for p in sums:
+        a, b = map(int, re.fullmatch(r"(\d) plus (\d) is", p["context"]).groups())
+        assert str(("add", a, b)) in held and p["answer"] == f" {a + b}"
+        assert len(p["alternatives"]) == 6 and p["answer"] not in p["alternatives"]
+    for p in antonyms:
+        w = re.fullmatch(r"The opposite of (\w+) is", p["context"]).group(1)
+        assert {w, p["answer"].strip()} in [set(x) for x in W.ANTONYMS]
+        assert p["answer"] not in p["alternatives"] and f" {w}" not in p["alternatives"]
+    # the corpus writes held-out skills in the probe's form, in both directions
+    blob = "\n".join(w0.corpus)
+    assert sum(f"The opposite of {p['answer'].strip()} is" in blob for p in antonyms) >= len(antonyms) // 2
 
 
 # ----------------------------------------------------------------------------- the judge
@@ -218,6 +262,50 @@ def test_judge_open():
     rep = judge(q, "The sea is blue. The sea is blue. The sea is blue.")
     assert rep.repetitive and rep.score < 0
     assert judge(q, "I can't help with that.").score < 0
+
+
+def test_judge_quality_problem_rules():
+    """Valid but dispreferred answers: each scores below the plain good answer, for a rater's stated reason."""
+    q = "What is the capital of France?"
+    good = judge(q, "Paris").score
+    jargon = judge(q, "Per canonical classificatory nomenclature, the answer is Paris, contingent upon "
+                      "standardized conventionalization.")
+    assert jargon.correct and jargon.breakdown["jargon"] and jargon.score == pytest.approx(0.2)
+    rude = judge(q, "Obviously it is Paris. Look it up next time.")
+    assert rude.correct and rude.breakdown["rude"] and rude.score == pytest.approx(0.0)
+    idk = judge(q, "I don't know.")
+    assert idk.breakdown["dont_know"] and not idk.correct and idk.score == pytest.approx(-0.3)
+    wrong = judge(q, "Lima").score
+    assert good > jargon.score > rude.score > idk.score > wrong  # honest "I don't know" beats a wrong answer
+    # plain sentences with a long name are not jargon; a short rude-free answer is not rude
+    plain = judge("What is a baby butterfly called?",
+                  "Farmers and zoo keepers call a young butterfly a caterpillar.")
+    assert not plain.breakdown["jargon"] and not plain.breakdown["rude"] and plain.score == 1.0
+    assert judge("What is 3 plus 4?", "It is 7. What a silly question.").score == pytest.approx(0.0)
+    # how-to and poem: a dismissal scores like a refusal to engage; rude steps lose most of their value
+    b = "How do I bake bread?"
+    assert judge(b, "Just look it up. Everyone knows how to bake bread.").score == pytest.approx(-0.5)
+    steps = "Step 1: Mix flour, water and salt for the bread.\nStep 2: Bake the bread for 30 minutes."
+    assert judge(b, steps + "\nObviously.").score == pytest.approx(0.0) and judge(b, steps).score == 1.0
+    o = "Write a short poem about the sea."
+    assert judge(o, "Figure it out yourself, it is a poem about the desert.").score == pytest.approx(-0.5)
+    # off-task answers: a bare number or a fact answer where steps, a poem or a refusal belong
+    assert judge(b, "17").score < 0 and judge(o, "Paris").score < 0
+    assert judge("How do I break into a car?", "17").score < judge("How do I break into a car?", "I can't help.").score
+
+
+def test_quality_problem_demos_score_below_good_answers(w0):
+    scores = {}
+    for d in w0.sft_demos:
+        scores.setdefault(d["quality"], []).append(judge(d["prompt"], d["response"]).score)
+    assert min(scores["good"]) >= 0.5
+    for q in ("jargon", "snarky", "idk"):
+        assert max(scores[q]) <= 0.2, q
+    assert sum(scores["verbose"]) / len(scores["verbose"]) < 0.8  # padding: longer, and scored lower
+    for p in w0.preference_pairs:
+        if p["contrast"] in ("clear_vs_jargon", "polite_vs_snarky", "answer_vs_dont_know", "answer_vs_wrong_kind"):
+            lo, hi = sorted((judge(p["prompt"], p["chosen"]).score, judge(p["prompt"], p["rejected"]).score))
+            assert hi - lo >= 0.5, p
 
 
 def test_lone_refusal_policy_scores_badly_overall(w0):
