@@ -143,8 +143,8 @@ def minipost_iterator(policy, ref, tok, hp, device, dtype):
         texts, ended, batch = train_grpo.sample_groups(policy, tok, prompts, G, hp.max_new_tokens, sample_rng,
                                                        device, dtype)
         t_gen = time.perf_counter()
-        rewards = train_grpo.rewards_of("verifier", group_of, texts, ended, batch, None, hp.missing_eos_penalty,
-                                        device, dtype)  # (B,)
+        rewards, _ = train_grpo.rewards_of("verifier", group_of, texts, ended, batch, None, hp.missing_eos_penalty,
+                                           device, dtype)  # (B,); the verifier's rewards carry no KL penalty
         advantages = train_grpo.group_advantages(rewards, G, hp.advantage)  # (B,)
         mask = batch["response_mask"]  # (B, n)
         t_reward = time.perf_counter()

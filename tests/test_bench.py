@@ -103,6 +103,28 @@ def test_grpo_iteration_prompts_draw_like_the_script():
     assert trl_grpo.iteration_prompts(pool, hp, 3) == expected
 
 
+def test_grpo_benchmark_iteration_runs_train_grpos_functions():
+    """The benchmark repeats train_grpo.main's loop from the script's functions: one iteration on a tiny model must
+    run and train (a changed function signature in train_grpo.py breaks this, not a silent benchmark)."""
+    from minipost.model import GPT
+    from minipost.tokenizer import Tokenizer
+
+    hp = trl_grpo.grpo_settings(quick=True)
+    hp.prompts_per_step, hp.group_size, hp.minibatch_size, hp.max_new_tokens = 2, 2, 4, 4
+    torch.manual_seed(0)
+    tok = Tokenizer(512)
+    policy = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=512, dropout=0.0))
+    ref = GPT(policy.config)
+    ref.load_state_dict(policy.state_dict())
+    out = trl_grpo.minipost_iterator(policy, common.frozen(ref), tok, hp, "cpu", torch.float32)(
+        ["What is the capital of France?", "Add 2 and 3."])
+    phases = ("generation", "scoring", "update")
+    assert all(out[k] > 0 for k in phases), out
+    assert out["total"] == pytest.approx(sum(out[k] for k in phases), rel=1e-6)  # the split covers the iteration
+    assert out["scoring"] == pytest.approx(out["score_reward"] + out["score_logp"] + out["score_ref"], rel=1e-6)
+    assert -0.5 <= out["reward"] <= 1.0 and 1 <= out["max_length"] <= hp.max_new_tokens + 1
+
+
 def _leaf_a():
     return sum(i * i for i in range(20000))
 
