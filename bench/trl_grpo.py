@@ -91,7 +91,7 @@ def parse_args(argv=None):
 
 def grpo_settings(quick: bool):
     """train_grpo.py's defaults with --reward verifier (parsed from its own parse_args); --quick shrinks them."""
-    hp = train_grpo.parse_args(["--reward", "verifier"])
+    hp = train_grpo.parse_args(["--reward", "verifier", "--lr", "2e-5"])  # the recorded results' lr (speed is the same)
     if quick:
         hp.prompts_per_step, hp.group_size, hp.minibatch_size, hp.max_new_tokens = 4, 4, 8, 8
     assert hp.kl_coef == 0 and hp.advantage == "grpo" and hp.loss_agg == "seq-mean", "TRL is configured for these"
