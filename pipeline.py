@@ -55,7 +55,7 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
         dpo_online = ["--steps", "3", "--batch-size", "4", "--eval-every", "3"] + lim
         grpo = ["--steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--minibatch-size", "8",
                 "--max-new-tokens", "8", "--passk-samples", "4", "--passk-prompts", "8"] + lim
-        big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"]
+        big = ["--steps", "10", "--n-docs", "3000", "--save-every", "1000"] + lim
         bon = ["--best-of-n", "4", "--limit", "6"]
     else:
         # (the whole run is meant to fit in 15 minutes on 2 CPU cores: a short run without KL penalty, no DPO beta
@@ -95,7 +95,8 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
         ("grpo", "train_grpo.py", grpo_stage + grpo, c("grpo")),
         *ablations,
     ] + ([  # InstructGPT's comparison (--full; --micro keeps it so that the tests run every stage)
-        ("base-4x", "train_base.py", ["--preset", "tiny-4x", "--skip-eval"] + big, c("base-4x")),
+        # (its own evaluation: what it knows, ranked by likelihood -- the comparison's "better language model")
+        ("base-4x", "train_base.py", ["--preset", "tiny-4x"] + big, c("base-4x")),
         # compared with the SMALL base, like the aligned small models (InstructGPT's figure 1)
         ("sft-4x", "train_sft.py", ["--init", c("base-4x"), "--base", c("base")] + sft, c("sft-4x")),
     ] if full or micro else [])

@@ -184,7 +184,9 @@ def _pretraining_comparison(d: Path, evals: dict) -> list[str]:
     rows, stats = [], {}
     for stage, knows in (("base", "base"), ("base-4x", "sft-4x")):
         log = [r for r in _read_jsonl(d / stage / "log.jsonl") if r.get("val_loss") is not None]
-        know = (evals.get(knows) or {}).get("knowledge_rank_accuracy")
+        # what the base itself knows; a base trained with --skip-eval: what its SFT model knows
+        know = ((evals.get(stage) or {}).get("knowledge_rank_accuracy")
+                or (evals.get(knows) or {}).get("knowledge_rank_accuracy"))
         if log:
             stats[stage] = (log[-1]["val_loss"], know)
             rows.append(f"{stage} {log[-1]['step'] + 1} steps, held-out LM loss {log[-1]['val_loss']:.3f}"
@@ -402,7 +404,8 @@ def build_report(ckpt_dir="checkpoints", n_side_by_side: int = 2) -> Path:
     """Write ckpt_dir/report.md and its PNGs from the stages' outputs. Missing stages are marked missing."""
     d = Path(ckpt_dir)
     refused = []
-    stage_evals = {s: _stage_eval(d / s, refused) for s, _ in POLICIES + [LARGER, ("ppo-nokl", "")]}
+    extra = [LARGER, ("ppo-nokl", ""), ("base-4x", "")]
+    stage_evals = {s: _stage_eval(d / s, refused) for s, _ in POLICIES + extra}
     evals = {s: ev for s, (ev, _) in stage_evals.items()}
     samples = {s: rows for s, (_, rows) in stage_evals.items()}
     present = [(s, name) for s, name in POLICIES if evals[s]]

@@ -347,3 +347,30 @@ def test_report_without_the_larger_base_says_where_it_is(tmp_path):
     report = build_report(d).read_text()
     assert "- PPO: 87.5%" in report and "4x larger base" in report and "python pipeline.py --full" in report
     assert "beats the SFT-only model" not in report
+
+
+def test_pretraining_comparison_reads_what_each_base_knows(tmp_path):
+    """InstructGPT's comparison is fair only if the larger base is the better language model: lower held-out loss
+    AND knows at least as many held-out facts. What a base knows is its own eval.json (python pipeline.py --full
+    evaluates the 4x base); its SFT model's is the fallback for a base trained with --skip-eval."""
+    d = tmp_path
+    base = {"format_rate": 0.05, "knowledge_rank_accuracy": 0.90, "gold_score": -0.6, "gold_score_sampled": -0.7}
+    _stage(d, "base", base, _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
+    _stage(d, "sft", {"format_rate": 0.9, "gold_score": 0.1}, _samples([1.0, -1.0], [[1.0, -1.0], [-1.0, -1.0]]))
+    _stage(d, "ppo", {"format_rate": 0.9, "gold_score": 0.2}, _samples([1.0, 1.0], [[1.0, 1.0], [1.0, -1.0]]))
+    # the SFT model of the 4x base has forgotten facts; the 4x base itself knows more than the small one
+    _stage(d, "sft-4x", {"format_rate": 0.9, "gold_score": 0.1, "knowledge_rank_accuracy": 0.50},
+           _samples([1.0, -1.0], [[1.0, -1.0], [1.0, -1.0]]))
+    _write_jsonl(d / "base" / "log.jsonl", [{"step": 799, "loss": 0.8, "val_loss": 0.90}])
+    _write_jsonl(d / "base-4x" / "log.jsonl", [{"step": 799, "loss": 0.7, "val_loss": 0.80}])
+    # base-4x without its own evaluation: the comparison falls back to sft-4x (50% < 90%: not fair)
+    report = build_report(d).read_text()
+    assert "knows 50% of held-out facts" in report and "This is NOT InstructGPT's comparison" in report
+    _stage(d, "base-4x", dict(base, knowledge_rank_accuracy=0.95), _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
+    _write_jsonl(d / "base-4x" / "log.jsonl", [{"step": 799, "loss": 0.7, "val_loss": 0.80}])
+    report = build_report(d).read_text()
+    assert "base-4x 800 steps, held-out LM loss 0.800, knows 95% of held-out facts" in report
+    assert "This is InstructGPT's comparison" in report
+    # a larger base that knows as much but has the higher loss is not the better language model
+    _write_jsonl(d / "base-4x" / "log.jsonl", [{"step": 799, "loss": 0.7, "val_loss": 0.95}])
+    assert "This is NOT InstructGPT's comparison" in build_report(d).read_text()
