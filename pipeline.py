@@ -9,7 +9,7 @@ Teaches: how the stages feed each other (base -> SFT -> RM -> PPO, SFT -> DPO) a
     python pipeline.py --redo ppo,dpo  # rerun some stages (finished stages are reused otherwise)
     python pipeline.py --redo all
     python pipeline.py --micro         # seconds-long stages, for tests and a first look
-    python pipeline.py --full          # ~1 hour: also a 4x larger base trained as long as the small one, with SFT
+    python pipeline.py --full          # ~40 min: also a 4x larger base trained as long as the small one, with SFT
                                        # only (InstructGPT's comparison: a small aligned model against a bigger
                                        # unaligned one), PPO without KL penalty long enough to collapse, and DPO
                                        # with a second beta
@@ -72,7 +72,7 @@ def stages(ck: str, micro: bool, grpo_ablations: bool = False, seed: int | None 
     ablations = [(f"grpo-{r}", "train_grpo.py", grpo_stage + ["--reward", r] + grpo, c(f"grpo-{r}"))
                  for r in ("verifier", "judge")] if grpo_ablations else []
     nokl = ppo or ["--iterations", "12"]
-    if full and not micro:  # ~1 hour: a no-KL PPO run long enough to collapse, a second DPO beta on the frontier
+    if full and not micro:  # ~40 minutes: a no-KL PPO run long enough to collapse, a second DPO beta on the frontier
         nokl = ["--iterations", "50"]  # (and the larger base, below)
         dpo = ["--beta-sweep", "0.1"]
     if seed is not None:  # every stage with this seed; the world too (train_base.py builds it: --world-seed)
@@ -131,7 +131,7 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated stages to run (others are skipped, even if missing)")
     p.add_argument("--micro", action="store_true", help="tiny settings: seconds per stage (tests)")
     p.add_argument("--full", action="store_true",
-                   help="about an hour: also a 4x larger base pre-trained as long as the small one (800 steps) with "
+                   help="about 40 minutes on 2 cores: also a 4x larger base pre-trained as long as the small one (800 steps) with "
                         "SFT only (InstructGPT's comparison), PPO without KL penalty for 50 iterations, and DPO "
                         "with a second beta (0.1)")
     p.add_argument("--device", default="", help="passed to every stage")
