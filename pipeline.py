@@ -132,8 +132,8 @@ def main(argv=None):
     p.add_argument("--micro", action="store_true", help="tiny settings: seconds per stage (tests)")
     p.add_argument("--full", action="store_true",
                    help="about 40 minutes on 2 cores: also a 4x larger base pre-trained as long as the small one "
-                        "(800 steps) with SFT only (InstructGPT's comparison), PPO without KL penalty for 50 iterations, and DPO "
-                        "with a second beta (0.1)")
+                        "(800 steps) with SFT only (InstructGPT's comparison), PPO without KL penalty for 50 "
+                        "iterations, and DPO with a second beta (0.1)")
     p.add_argument("--device", default="", help="passed to every stage")
     p.add_argument("--grpo-ablations", action="store_true",
                    help="also run GRPO with the verifier alone (grpo-verifier) and with the gold judge (grpo-judge)")
