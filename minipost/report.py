@@ -185,8 +185,9 @@ def _pretraining_comparison(d: Path, evals: dict) -> list[str]:
     for stage, knows in (("base", "base"), ("base-4x", "sft-4x")):
         log = [r for r in _read_jsonl(d / stage / "log.jsonl") if r.get("val_loss") is not None]
         # what the base itself knows; a base trained with --skip-eval: what its SFT model knows
-        know = ((evals.get(stage) or {}).get("knowledge_rank_accuracy")
-                or (evals.get(knows) or {}).get("knowledge_rank_accuracy"))
+        know = (evals.get(stage) or {}).get("knowledge_rank_accuracy")
+        if know is None:
+            know = (evals.get(knows) or {}).get("knowledge_rank_accuracy")
         if log:
             stats[stage] = (log[-1]["val_loss"], know)
             rows.append(f"{stage} {log[-1]['step'] + 1} steps, held-out LM loss {log[-1]['val_loss']:.3f}"

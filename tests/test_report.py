@@ -366,7 +366,8 @@ def test_pretraining_comparison_reads_what_each_base_knows(tmp_path):
     # base-4x without its own evaluation: the comparison falls back to sft-4x (50% < 90%: not fair)
     report = build_report(d).read_text()
     assert "knows 50% of held-out facts" in report and "This is NOT InstructGPT's comparison" in report
-    _stage(d, "base-4x", dict(base, knowledge_rank_accuracy=0.95), _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
+    _stage(d, "base-4x", dict(base, knowledge_rank_accuracy=0.95),
+           _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
     _write_jsonl(d / "base-4x" / "log.jsonl", [{"step": 799, "loss": 0.7, "val_loss": 0.80}])
     report = build_report(d).read_text()
     assert "base-4x 800 steps, held-out LM loss 0.800, knows 95% of held-out facts" in report
@@ -374,3 +375,8 @@ def test_pretraining_comparison_reads_what_each_base_knows(tmp_path):
     # a larger base that knows as much but has the higher loss is not the better language model
     _write_jsonl(d / "base-4x" / "log.jsonl", [{"step": 799, "loss": 0.7, "val_loss": 0.95}])
     assert "This is NOT InstructGPT's comparison" in build_report(d).read_text()
+    # a base that knows nothing (0.0) is its own measurement, not a missing one: no fallback to its SFT model
+    _stage(d, "base-4x", dict(base, knowledge_rank_accuracy=0.0),
+           _samples([-1.0, -1.0], [[-1.0, -1.0], [-1.0, -1.0]]))
+    _write_jsonl(d / "base-4x" / "log.jsonl", [{"step": 799, "loss": 0.7, "val_loss": 0.80}])
+    assert "knows 0% of held-out facts" in build_report(d).read_text()
