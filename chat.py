@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from minipost import common, errors
+from minipost import common, errors, generation
 from minipost.checkpoint import CheckpointError
 from minipost.tokenizer import chat_prompt
 
@@ -62,7 +62,7 @@ def answer(model, tok, instruction, args, device, stream=None) -> str:
             stream.flush()
             shown = text
 
-    sample_rng = torch.Generator(device=device).manual_seed(args.seed)
+    sample_rng = generation.make_generator(device, args.seed)
     model.generate(ids, budget, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    eos_token_id=tok.eos_id, generator=sample_rng, on_token=on_token)
     text = tok.decode(new_tokens)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, distributed, errors
+from minipost import common, distributed, errors, generation
 from minipost.model import GPT, OFFICIAL, PRESETS, config_from_preset
 from minipost.tokenizer import Tokenizer
 
@@ -103,7 +103,7 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def held_out_loss(model, stream, args, device, dtype, n_batches=8) -> float:
-    windows_rng = torch.Generator().manual_seed(1234)  # the same windows every time: comparable numbers
+    windows_rng = generation.index_generator(1234)  # the same windows every time: comparable numbers
     model.eval()
     losses = []
     for _ in range(n_batches):
@@ -120,6 +120,7 @@ def held_out_loss(model, stream, args, device, dtype, n_batches=8) -> float:
 def main(argv=None):
     args = parse_args(argv)
     device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    args.fused_attn = common.attention_for(device, args.fused_attn)  # default: fused on CUDA only
     dtype, why = common.pick_dtype(device, args.dtype)
     if args.init:  # GPT-2 weights as the base: import and save, nothing to train
         try:
@@ -167,7 +168,7 @@ def main(argv=None):
         raise SystemExit(f"error: held-out corpus of {len(val_stream)} tokens is shorter than a block; raise --n-docs")
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
-    data_rng = torch.Generator().manual_seed(args.seed)
+    data_rng = generation.index_generator(args.seed)
 
     def save(metrics, train_state):
         common.save_stage(args.out, model, stage="base", kind="lm", tokenizer=tok, args=args, metrics=metrics,
@@ -202,7 +203,7 @@ def main(argv=None):
 
         last = step == args.steps - 1
         if step % args.log_every == 0 or last:
-            dt = time.time() - t_last
+            dt = common.seconds_since(t_last, device)  # after the device's queued work
             metrics = distributed.mean_metrics(dict(loss=loss.item(), lr=lr, grad_norm=grad_norm.item()))
             if ((step > 0 and step % args.eval_every == 0) or last) and distributed.is_main():
                 metrics["val_loss"] = held_out_loss(model, val_stream, args, device, dtype)

@@ -22,7 +22,7 @@ Variants (`--loss`), all functions of h below:
 rejected responses to similar, unseen ones -- even ones like the rejected ("likelihood displacement",
 Razin et al. 2024). The NLL term keeps the chosen responses likely.
 
-log pi(y|x) is a SUM over response tokens (incl. EOS) in fp32; prompt and padding are excluded, and
+log pi(y|x) (minipost/model.py: sequence_logprob) is a SUM over response tokens (incl. EOS) in fp32; prompt and padding are excluded, and
 the same function serves chosen, rejected, policy and reference. At step 0 the policy IS the reference,
 so h = 0 and the loss is exactly ln 2 (checked and printed). Dropout is off: with dropout the policy
 would differ from its own reference.
@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, distributed, errors, evaluate, lora
-from minipost.model import token_logprobs
+from minipost import common, data, distributed, errors, evaluate, generation, lora
+from minipost.model import sequence_logprob  # log pi(y|x): the EOS counts, prompt and padding do not
 
 # -----------------------------------------------------------------------------
 # Config
@@ -115,7 +115,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
-    lora.add_lora_args(p)
+    common.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/dpo", save_every=200)
     args = p.parse_args(argv)
     evaluate.check_policy_pair_args(p, args)
@@ -175,21 +175,6 @@ def preference_loss(h, kind: str, beta: float, label_smoothing: float = 0.0) -> 
     if kind == "hinge":
         return hinge_loss(h, beta)
     raise ValueError(f"unknown loss {kind!r}")
-
-
-def sequence_logprob(model, batch: dict) -> torch.Tensor:
-    """log pi(y|x) = sum over response tokens t of log pi(y_t | x, y_<t), per sequence (B,), in fp32.
-
-    The EOS that ends the response counts (it is how the model says "done"); prompt and padding do not
-    (batch["response_mask"] is 1 on response tokens and the EOS only). The logits at position t predict
-    token t + 1, hence the shift by one. The same function serves policy and reference, chosen and rejected.
-    """
-    # EXERCISE sequence_logprob: log pi(y|x): the response tokens' log-probs summed per sequence
-    ids = batch["input_ids"]  # (B, T)
-    logits = model(ids, batch["attention_mask"])  # (B, T, V)
-    logp = token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log pi(ids[t+1] | ids[<=t])
-    return (logp * batch["response_mask"][:, 1:]).sum(dim=1)  # (B,)
-    # END EXERCISE sequence_logprob
 
 
 def pair_logps(model, pairs: list[data.EncodedPair], eos_id, device, dtype):
@@ -263,7 +248,7 @@ def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, de
     """DPO steps on `policy`; returns (the last step's metrics, the run's Checkpointer). The main run saves
     (save(metrics, train_state)) every --save-every steps, logs and resumes; the sweep's runs (save=None) don't."""
     optimizer = common.make_optimizer(policy, args.lr, weight_decay=0.0)
-    data_rng = torch.Generator().manual_seed(args.seed)
+    data_rng = generation.index_generator(args.seed)
     saver = common.Checkpointer(args, steps, policy, save, optimizer=optimizer, data_rng=data_rng)
     start = saver.start()
     log = saver.logger(steps)
@@ -305,7 +290,7 @@ def train(policy, ref, pairs: PairSet, tok, args, *, beta: float, steps: int, de
             "rewards/margin": (reward_chosen - reward_rejected).mean().item(),
             "rewards/accuracy": (reward_chosen > reward_rejected).float().mean().item(),
             "logps/chosen": pol_c.mean().item(), "logps/rejected": pol_r.mean().item(), "lr": lr,
-            "grad_norm": grad_norm.item(), "ms": (time.time() - t0) * 1000,
+            "grad_norm": grad_norm.item(), "ms": common.seconds_since(t0, device) * 1000,
         }
         metrics = distributed.mean_metrics(metrics)  # DDP: the mean over ranks (loss: their sum = the batch's)
         metrics["loss"] *= distributed.world_size()
@@ -327,7 +312,7 @@ def check_step0(policy, ref, pairs: PairSet, tok, args, device, dtype):
     (docs/pitfalls.md, pitfall 6). Checked on the first training batch, against the reference run on this
     very batch; also printed: how far the cached reference log-probs are from these (bf16 matmuls round
     batches of other shapes differently)."""
-    picks = torch.randint(0, len(pairs.train), (args.batch_size,), generator=torch.Generator().manual_seed(args.seed))
+    picks = torch.randint(0, len(pairs.train), (args.batch_size,), generator=generation.index_generator(args.seed))
     batch = [pairs.train[i] for i in picks.tolist()]  # the batch train() starts with
     pol_c, pol_r = pair_logps(policy, batch, tok.eos_id, device, dtype)
     ref_c, ref_r = pair_logps(ref, batch, tok.eos_id, device, dtype)
@@ -365,14 +350,14 @@ def make_labeler(kind: str, tok, *, rm=None, device="cpu", dtype=torch.float32):
 
 @torch.no_grad()
 def sample_pairs(policy, tok, instructions: list[str], prompt_ids: list[list[int]], label, *, generator, device,
-                 dtype, max_new_tokens=evaluate.MAX_NEW_TOKENS) -> tuple[list[data.EncodedPair], dict]:
+                 dtype, max_new_tokens=generation.MAX_NEW_TOKENS) -> tuple[list[data.EncodedPair], dict]:
     """Two answers per prompt from `policy` at temperature 1, ranked by `label`: (pairs, stats).
 
     The two samples of prompt i are drawn in one batch (prompts i and n + i). A tie (equal scores, which
     includes two identical answers) carries no preference and is skipped (stats["ties"]). Each sequence is
     prompt + answer (+ EOS when the answer ended), exactly the tokens the policy produced."""
     n = len(prompt_ids)
-    texts, toks, ended = evaluate.generate_from_ids(policy, tok, prompt_ids + prompt_ids, device=device, dtype=dtype,
+    texts, toks, ended = generation.generate_from_ids(policy, tok, prompt_ids + prompt_ids, device=device, dtype=dtype,
                                                     temperature=1.0, generator=generator,
                                                     max_new_tokens=max_new_tokens)
     scores = label(instructions + instructions, prompt_ids + prompt_ids, texts, toks, ended)  # (2n,)
@@ -408,8 +393,8 @@ def train_online(policy, ref, instructions: list[str], prompt_ids: list[list[int
     (no value model, no advantages). At step 0 the policy is the reference: h = 0, the loss is ln 2.
     Returns (the last step's metrics, the run's Checkpointer); metrics of every step are logged."""
     optimizer = common.make_optimizer(policy, args.lr, weight_decay=0.0)
-    data_rng = torch.Generator().manual_seed(args.seed)  # which prompts
-    sample_rng = torch.Generator().manual_seed(args.seed + 1)  # the policy's samples
+    data_rng = generation.index_generator(args.seed)  # which prompts
+    sample_rng = generation.make_generator(device, args.seed + 1)  # the policy's samples
     saver = common.Checkpointer(args, steps, policy, save, optimizer=optimizer, data_rng=data_rng,
                                 sample_rng=sample_rng)
     start = saver.start()
@@ -453,7 +438,7 @@ def train_online(policy, ref, instructions: list[str], prompt_ids: list[list[int
                 print(f"check: step-0 |h| max {(pol_c - ref_c - pol_r + ref_r).abs().max().item():.2e}; "
                       f"loss {loss.item():.6f}" + (f" (ln 2 = {math.log(2):.6f})" if args.loss == "sigmoid" else ""))
         # else: every pair tied (a policy that answers every prompt the same way twice): nothing to learn
-        metrics["ms"] = (time.time() - t0) * 1000
+        metrics["ms"] = common.seconds_since(t0, device) * 1000
         if val and ((step + 1) % args.eval_every == 0 or step == steps - 1):
             check = [val.val[i] for i in val.check]
             metrics["val_accuracy"] = heldout_accuracy(policy, check, val.val_ref_logps[val.check], tok.eos_id,
@@ -471,6 +456,7 @@ def train_online(policy, ref, instructions: list[str], prompt_ids: list[list[int
 def main(argv=None):
     args = parse_args(argv)
     device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    args.fused_attn = common.attention_for(device, args.fused_attn)  # default: fused on CUDA only
     if args.online and distributed.world_size() > 1:  # its sampling loop is written for one process
         raise SystemExit("error: --online runs in one process; under torchrun use offline DPO")
     dtype, why = common.pick_dtype(device, args.dtype)
@@ -516,7 +502,7 @@ def main(argv=None):
         except (data.DataError, OSError) as e:
             raise SystemExit(f"error: {e}")
         instructions = [r["prompt"] for r in rows]
-        prompt_ids, _ = data.encode_prompts(tok, instructions, block_size - evaluate.MAX_NEW_TOKENS)
+        prompt_ids, _ = data.encode_prompts(tok, instructions, block_size - generation.MAX_NEW_TOKENS)
         label = make_labeler(args.labeler, tok, rm=rm, device=device, dtype=dtype)
         data_stats = {**data_stats, "online_prompts": len(prompt_ids), "labeler": args.labeler}
         print(f"online DPO: {len(prompt_ids)} prompts ({prompt_stats}), labeler {args.labeler}")
@@ -550,7 +536,7 @@ def main(argv=None):
     if not args.skip_eval and args.data != "world" and args.samples and val_enc:
         # real data has no judge: SFT and DPO side by side on fixed held-out prompts
         held = data.fixed_subset(data.unique_prompts(val_enc), args.samples)
-        rows = evaluate.side_by_side({"sft": ref, "dpo": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS,
+        rows = evaluate.side_by_side({"sft": ref, "dpo": policy}, tok, held, max_new_tokens=generation.MAX_NEW_TOKENS,
                                      device=device, dtype=dtype)
         evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: SFT vs DPO (greedy)")
     common.plot_log(f"{args.out}/log.jsonl", f"{args.out}/curves.png",

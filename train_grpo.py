@@ -103,7 +103,7 @@ import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
 from minipost import common, data, distributed, errors, lora
-from minipost.evaluate import generate_responses
+from minipost.generation import generate_responses, index_generator, make_generator
 from minipost.model import token_logprobs
 from minipost.tokenizer import chat_prompt
 from minipost.world import judge, lookup, strip_template
@@ -161,7 +161,7 @@ def parse_args(argv=None):
                    help="pass@k on this many of the held-out fact / skill prompts, evenly spread; 0 = all")
     p.add_argument("--passk-also", default="",
                    help="comma-separated checkpoints whose pass@k to measure too (ppo, dpo)")
-    lora.add_lora_args(p)
+    common.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/grpo", save_every=50)
     args = p.parse_args(argv)
     if args.group_size < 2:
@@ -365,6 +365,7 @@ def check_first_minibatch(policy, batch: dict, first: torch.Tensor, old_logp, ad
 def main(argv=None):
     args = parse_args(argv)
     device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    args.fused_attn = common.attention_for(device, args.fused_attn)  # default: fused on CUDA only
     world = distributed.world_size()
     if args.prompts_per_step % world or args.minibatch_size % world:
         raise SystemExit(f"error: --prompts-per-step {args.prompts_per_step} and --minibatch-size "
@@ -410,9 +411,9 @@ def main(argv=None):
     is_world = args.prompts == "world"
 
     opt = common.make_optimizer(policy, args.lr, weight_decay=0.0)
-    data_rng = torch.Generator(device="cpu").manual_seed(args.seed)  # prompt picks and minibatch order
+    data_rng = index_generator(args.seed)  # prompt picks and minibatch order
     # sampling; under DDP each rank samples its own (rank 0 keeps --seed)
-    sample_rng = torch.Generator(device=device).manual_seed(distributed.seed_for_rank(args.seed))
+    sample_rng = make_generator(device, distributed.seed_for_rank(args.seed))
 
     def save(metrics, train_state):
         common.save_stage(args.out, policy, stage="grpo", kind="lm", tokenizer=tok, args=args, metrics=metrics,
@@ -450,7 +451,7 @@ def main(argv=None):
         seq_kl = ((old_logp - ref_logp) * mask).sum(dim=1)  # (B,) log pi_old(o_i) / pi_ref(o_i)
         rewards = kl_penalized(scores, rm_scored, seq_kl, args.rm_kl_coef)  # (B,)
         advantages = group_advantages(rewards, G, args.advantage)  # (B,)
-        t_roll = time.time() - t0  # sampling, scoring, and the old and reference log-probs
+        t_roll = common.seconds_since(t0, device)  # sampling, scoring, and the old and reference log-probs
 
         policy.train()  # dropout is off (load_model): train mode changes nothing in the forward pass
         if step == start:
@@ -507,7 +508,7 @@ def main(argv=None):
             metrics["gold_score"] = sum(v.score for v in verdicts) / len(verdicts)
             metrics["accuracy"] = sum(map(bool, checkable)) / len(checkable) if checkable else None
         metrics["rollout_s"] = t_roll
-        metrics["step_s"] = time.time() - t0
+        metrics["step_s"] = common.seconds_since(t0, device)
         metrics = distributed.mean_metrics(metrics)  # DDP: the mean over ranks' rollouts
         log.log(step, **metrics)
         saver.step_done(step + 1)

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, distributed, errors, lora
+from minipost import common, data, distributed, errors, generation, lora
 from minipost.model import token_logprobs
 
 # -----------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=common.nonneg_int, default=8,
                    help="real data: prompts held out of training and answered by SFT and PPO side by side at the "
                         "end (printed, with their reward, and written to samples.jsonl)")
-    lora.add_lora_args(p)
+    common.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/ppo", save_every=50)
     args = p.parse_args(argv)
     if args.batch_size % args.minibatch_size:
@@ -229,10 +229,13 @@ def response_mask_after(new_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def forward_response(model, ids, attn, T0, device, dtype):
-    """Log-probs (B, n) of the response tokens ids[:, T0:] under `model`, and the logits that gave them."""
+    """Log-probs (B, n) of the response tokens ids[:, T0:] under `model`, and the logits that gave them.
+    The LM head runs on the response positions only: a prompt's logits are never needed, and with GPT-2's
+    50,257-token head they are most of the memory (B x L x V floats, where L may be 1,000 prompt tokens)."""
     with common.autocast(device, dtype):
-        logits = model(ids, attn)  # (B, L, V)
-    logits = logits[:, T0 - 1 : -1].float()  # (B, n, V): position t predicts token t + 1
+        h = model.hidden_states(ids, attn)  # (B, L, C)
+        logits = model.lm_head(h[:, T0 - 1 : -1])  # (B, n, V): position t predicts token t + 1
+    logits = logits.float()
     return token_logprobs(logits, ids[:, T0:]), logits  # (B, n), (B, n, V)
 
 
@@ -326,6 +329,7 @@ def explained_variance(values, returns, mask) -> float:
 def main(argv=None):
     args = parse_args(argv)
     device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    args.fused_attn = common.attention_for(device, args.fused_attn)  # default: fused on CUDA only
     world = distributed.world_size()
     if args.batch_size % world or args.minibatch_size % world:
         raise SystemExit(f"error: --batch-size {args.batch_size} and --minibatch-size {args.minibatch_size} must "
@@ -381,9 +385,9 @@ def main(argv=None):
     opt_pi = common.make_optimizer(policy, args.lr, weight_decay=0.0)
     opt_v = common.make_optimizer(value_model, args.value_lr, weight_decay=0.0)
     kl_ctl = AdaptiveKL(args.kl_coef, args.target_kl, args.kl_horizon)
-    data_rng = torch.Generator(device="cpu").manual_seed(args.seed)  # prompts and minibatch order
+    data_rng = generation.index_generator(args.seed)  # prompts and minibatch order
     # the responses; under DDP each rank samples its own (rank 0 keeps --seed)
-    sample_rng = torch.Generator(device=device).manual_seed(distributed.seed_for_rank(args.seed))
+    sample_rng = generation.make_generator(device, distributed.seed_for_rank(args.seed))
     local_batch, local_minibatch = args.batch_size // world, args.minibatch_size // world  # DDP: this rank's share
 
     def save(metrics, train_state):
@@ -408,7 +412,7 @@ def main(argv=None):
         policy.eval()
         rollouts = rollout(policy, ref, rm, value_model, tok, batch_prompts, [enc[i] for i in picks], args,
                            kl_ctl.beta, sample_rng, device, dtype, perm)
-        t_roll = time.time() - t0
+        t_roll = common.seconds_since(t0, device)  # after the device's queued work
         mask, T0 = rollouts["mask"], rollouts["T0"]
 
         policy.train()
@@ -479,7 +483,7 @@ def main(argv=None):
             gold = [judge(strip_template(p), y).score for p, y in zip(batch_prompts, texts)]
             metrics["gold_score"] = sum(gold) / len(texts)
         metrics["rollout_s"] = t_roll
-        metrics["iter_s"] = time.time() - t0
+        metrics["iter_s"] = common.seconds_since(t0, device)
         metrics = distributed.mean_metrics(metrics)  # DDP: the mean over ranks' rollouts
         log.log(it, **metrics)
         saver.step_done(it + 1)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, distributed, errors, evaluate, lora
+from minipost import common, data, distributed, errors, evaluate, generation
 
 # -----------------------------------------------------------------------------
 # Config
@@ -82,7 +82,7 @@ def parse_args(argv=None):
                    help="skip normalization samples and judge agreement (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="judge agreement on this many held-out prompts; 0 = all")
-    lora.add_lora_args(p)
+    common.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/rm", save_every=200)
     args = p.parse_args(argv)
     evaluate.check_policy_pair_args(p, args)
@@ -131,6 +131,7 @@ def heldout_accuracy(rm, pairs, eos_id, device, dtype) -> float:
 def main(argv=None):
     args = parse_args(argv)
     device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    args.fused_attn = common.attention_for(device, args.fused_attn)  # default: fused on CUDA only
     dtype, why = common.pick_dtype(device, args.dtype)
     common.seed_everything(args.seed)  # before the model: its scalar head starts from random weights
     try:
@@ -156,7 +157,7 @@ def main(argv=None):
     micro = args.micro_batch_size or args.batch_size
 
     optimizer = common.make_optimizer(rm, args.lr, args.weight_decay)
-    data_rng = torch.Generator().manual_seed(args.seed)
+    data_rng = generation.index_generator(args.seed)
 
     def save(metrics, train_state):
         common.save_stage(args.out, rm, stage="rm", kind="scalar", tokenizer=tok, args=args, metrics=metrics,
@@ -197,7 +198,7 @@ def main(argv=None):
         # ---- TRAINING STEP END; what follows only measures
         metrics = dict(loss=loss.item(), accuracy=(reward_chosen > reward_rejected).float().mean().item(),
                        margin=(reward_chosen - reward_rejected).mean().item(), lr=lr, grad_norm=grad_norm.item(),
-                       ms=(time.time() - t0) * 1000)
+                       ms=common.seconds_since(t0, device) * 1000)
         metrics = distributed.mean_metrics(metrics)  # DDP: the mean over ranks (loss: their sum = the batch's)
         metrics["loss"] *= distributed.world_size()
         if val_enc and ((step + 1) % args.eval_every == 0 or step == args.steps - 1) and distributed.is_main():
@@ -220,18 +221,18 @@ def main(argv=None):
 
         policy, _, _ = common.load_model(args.policy or args.init, device, fused_attn=args.fused_attn)
         common.frozen(policy)
-        sample_rng = torch.Generator().manual_seed(args.seed + 1)
+        sample_rng = generation.make_generator(device, args.seed + 1)
 
         # ---- normalize: SFT samples on training prompts get reward mean 0, std 1. The prompts are those PPO
         # will see: the toy world's RL prompts, or the prompts of the training pairs (already left-truncated
         # by encode_pairs; cut again if needed so that an answer of MAX_NEW_TOKENS still fits the context).
-        room = max(1, block_size - evaluate.MAX_NEW_TOKENS)
+        room = max(1, block_size - generation.MAX_NEW_TOKENS)
         if args.data == "world":
             world_prompts = [r["prompt"] for r in data.load_prompts("world")[0]][: args.norm_samples]
             norm_prompts, _ = data.encode_prompts(tok, world_prompts, room)
         else:
             norm_prompts = [ids[-room:] for ids in data.fixed_subset(data.unique_prompts(train_enc), args.norm_samples)]
-        _, toks, ended = evaluate.generate_from_ids(policy, tok, norm_prompts, device=device, dtype=dtype,
+        _, toks, ended = generation.generate_from_ids(policy, tok, norm_prompts, device=device, dtype=dtype,
                                                     temperature=1.0, generator=sample_rng)
         r = evaluate.rewards_of(rm, tok, norm_prompts, toks, ended, device, dtype)
         shift = rm.reward_shift + r.mean() * rm.reward_scale  # undo the current normalization, then set the new one
@@ -245,7 +246,7 @@ def main(argv=None):
         # ---- real data: the policy's answers to fixed held-out prompts, with their (normalized) reward
         if args.data != "world" and args.samples and val_enc:
             held = data.fixed_subset(data.unique_prompts(val_enc), args.samples)
-            rows = evaluate.side_by_side({"policy": policy}, tok, held, max_new_tokens=evaluate.MAX_NEW_TOKENS,
+            rows = evaluate.side_by_side({"policy": policy}, tok, held, max_new_tokens=generation.MAX_NEW_TOKENS,
                                          device=device, dtype=dtype, rm=rm)
             evaluate.write_side_by_side(args.out, rows, "the policy's answers to held-out prompts (greedy), "
                                                         "with their reward")
@@ -259,9 +260,9 @@ def main(argv=None):
             if args.eval_limit:
                 eval_instr = eval_instr[:: max(1, len(eval_instr) // args.eval_limit)][: args.eval_limit]
             eval_instr = eval_instr * args.agreement_rounds  # several fresh pairs per prompt: a steadier estimate
-            a_txt, a_tok, a_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype,
+            a_txt, a_tok, a_end = generation.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype,
                                                               temperature=1.0, generator=sample_rng)
-            b_txt, b_tok, b_end = evaluate.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype,
+            b_txt, b_tok, b_end = generation.generate_responses(policy, tok, eval_instr, device=device, dtype=dtype,
                                                               temperature=1.0, generator=sample_rng)
             prompts_t = [tok.encode(chat_prompt(x)) for x in eval_instr]
             ra = evaluate.rewards_of(rm, tok, prompts_t, a_tok, a_end, device, dtype)

@@ -34,7 +34,7 @@ import time
 import torch
 
 from minipost import checkpoint as ckpt
-from minipost import common, data, distributed, errors, lora
+from minipost import common, data, distributed, errors, generation
 from minipost.model import token_logprobs
 
 # -----------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-eval", action="store_true", help="skip the final judge evaluation (smoke tests)")
     p.add_argument("--eval-limit", type=common.nonneg_int, default=0,
                    help="evaluate on this many held-out prompts; 0 = all")
-    lora.add_lora_args(p)
+    common.add_lora_args(p)
     common.add_common_args(p, out_dir="checkpoints/sft", save_every=200)
     args = p.parse_args(argv)
     if args.micro_batch_size == -1:
@@ -135,6 +135,7 @@ def held_out_loss(model, examples, tok, device, dtype, batch_size=32) -> float:
 def main(argv=None):
     args = parse_args(argv)
     device = distributed.setup(common.pick_device(args.device))  # torchrun: join the process group (else a no-op)
+    args.fused_attn = common.attention_for(device, args.fused_attn)  # default: fused on CUDA only
     dtype, why = common.pick_dtype(device, args.dtype)
     # ---- data first: a missing or bad file is reported before any model loads
     try:
@@ -168,7 +169,7 @@ def main(argv=None):
     val_check = data.fixed_subset(val_seqs, args.eval_examples)  # the periodic check: the same examples every time
 
     optimizer = common.make_optimizer(model, args.lr, args.weight_decay)
-    data_rng = torch.Generator().manual_seed(args.seed)
+    data_rng = generation.index_generator(args.seed)
 
     def save(metrics, train_state):
         common.save_stage(args.out, model, stage="sft", kind="lm", tokenizer=tok, args=args, metrics=metrics,
@@ -213,7 +214,7 @@ def main(argv=None):
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
         # ---- TRAINING STEP END; what follows only measures
-        dt = time.time() - t0
+        dt = common.seconds_since(t0, device)  # after the device's queued work
         tokens = sum(int(b["attention_mask"].sum()) for b in micro)
         metrics = dict(loss=step_loss, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000, **{"tok/s": tokens / dt})
         if val_seqs and ((step + 1) % args.eval_every == 0 or step == args.steps - 1) and distributed.is_main():
@@ -240,7 +241,7 @@ def main(argv=None):
             base, _, _ = common.load_model(args.base or args.init, device, fused_attn=args.fused_attn)
             held = data.fixed_subset(data.unique_prompts(val_seqs), args.samples)
             rows = evaluate.side_by_side({"base": common.frozen(base), "sft": model.eval()}, tok, held,
-                                         max_new_tokens=evaluate.MAX_NEW_TOKENS, device=device, dtype=dtype)
+                                         max_new_tokens=generation.MAX_NEW_TOKENS, device=device, dtype=dtype)
             evaluate.write_side_by_side(args.out, rows, f"{len(rows)} held-out prompts: base vs SFT (greedy)")
         return
     from minipost.world import build_world

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import benchlib
 from minipost import common
 from minipost.model import GPT, config_from_preset, token_logprobs
+from minipost.generation import index_generator
 
 CASES = {"train B=16 T=128": ("train", 16, 128), "score B=32 T=96": ("score", 32, 96)}
 
@@ -76,7 +77,7 @@ def main(argv=None):
             eager = GPT(common.dropout_off(config_from_preset("tiny"))).to(device)
             compiled_model = GPT(eager.config).to(device)
             compiled_model.load_state_dict(eager.state_dict())
-            g = torch.Generator().manual_seed(0)
+            g = index_generator(0)
             data = torch.randint(0, eager.config.vocab_size, (B, T + 1), generator=g)
             x, y = data[:, :-1].contiguous().to(device), data[:, 1:].contiguous().to(device)  # (B, T) each
             torch._dynamo.reset()

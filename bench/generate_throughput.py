@@ -36,6 +36,7 @@ import torch
 import benchlib
 from minipost import common
 from minipost.model import GPT, config_from_preset
+from minipost.generation import index_generator
 
 IMPLS = ["minipost", "minipost-fused", "minipost-nocache", "hf"]
 NEW_TOKENS = {"tiny": 64, "gpt2": 32}  # per shape, unless --new-tokens
@@ -154,7 +155,7 @@ def main(argv=None):
         models = {impl: build(impl, base, args.hf_attn) for impl in impls}
         models = {k: m for k, m in models.items() if m is not None}
         for B in [int(b) for b in args.batches.split(",")]:
-            g = torch.Generator().manual_seed(B)
+            g = index_generator(B)
             # random prompt ids below EOS (the last id): no row starts out "finished"
             prompt = torch.randint(0, base.config.vocab_size - 1, (B, args.prompt_len), generator=g).to(device)
             for dtype in dtypes:

@@ -36,6 +36,7 @@ import train_ppo
 from minipost import common, data
 from minipost.model import GPT, GPTScalar, config_from_preset
 from minipost.tokenizer import Tokenizer
+from minipost.generation import index_generator, make_generator
 
 
 def parse_args(argv=None):
@@ -108,13 +109,13 @@ class PhaseTimer:
         model.generate = timed_generate
 
 
-def train_phase(policy, value_model, opt_pi, opt_v, ro, perm, args, device, dtype, timer: PhaseTimer, gen):
+def train_phase(policy, value_model, opt_pi, opt_v, ro, perm, args, device, dtype, timer: PhaseTimer, data_rng):
     """train_ppo.main's PPO epochs over minibatches, timed as forward / backward / optimizer."""
     policy.train()
     value_model.train()
     mask, T0 = ro["mask"], ro["T0"]
     for epoch in range(args.ppo_epochs):
-        order = perm if epoch == 0 else torch.randperm(args.batch_size, generator=gen).to(device)
+        order = perm if epoch == 0 else torch.randperm(args.batch_size, generator=data_rng).to(device)
         for idx in order.split(args.minibatch_size):
             t0 = time.perf_counter()
             m = mask[idx]
@@ -165,8 +166,8 @@ def child(args, device):
     prompts = [r["prompt"] for r in data.load_prompts("world")[0]]
     opt_pi = common.make_optimizer(policy, pa.lr, weight_decay=0.0)
     opt_v = common.make_optimizer(value_model, pa.value_lr, weight_decay=0.0)
-    gen = torch.Generator(device="cpu").manual_seed(pa.seed)
-    sample_gen = torch.Generator(device=device).manual_seed(pa.seed)
+    gen = index_generator(pa.seed)
+    sample_gen = make_generator(device, pa.seed)
 
     timer = PhaseTimer(device)
     timer.wrap_generate(policy)
@@ -186,7 +187,7 @@ def child(args, device):
         # the training forwards go through the same wrapped forwards: keep only rollout's scoring counts
         scoring = {k: v for k, v in timer.seconds.items() if k.startswith("score_")}
         train = PhaseTimer(device)
-        train_phase(policy, value_model, opt_pi, opt_v, ro, perm, pa, device, dtype, train, gen)
+        train_phase(policy, value_model, opt_pi, opt_v, ro, perm, pa, device, dtype, train, data_rng=gen)
         total = time.perf_counter() - t0
         phases = {"generation": timer.seconds["generation"], **scoring,
                   "score_other": t_roll - timer.seconds["generation"] - sum(scoring.values()),

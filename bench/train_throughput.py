@@ -43,6 +43,7 @@ import benchlib
 import matmul_peak
 from minipost import common
 from minipost.model import GPT, config_from_preset
+from minipost.generation import index_generator
 
 # (preset, batch size, sequence length); --quick shrinks the tiny batch and drops the gpt2 shape
 SHAPES = {"tiny": ("tiny", 16, 128), "gpt2": ("gpt2", 4, 256)}
@@ -146,7 +147,7 @@ def max_logit_diff(ours: GPT, theirs, x) -> float:
 
 
 def batch_for(cfg, B, T, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = index_generator(seed)
     data = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g)
     return data[:, :-1].contiguous().to(device), data[:, 1:].contiguous().to(device)  # inputs (B, T), next-token targets (B, T)
 

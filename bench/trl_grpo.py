@@ -62,6 +62,7 @@ from minipost import common, data
 from minipost.model import GPT, config_from_preset
 from minipost.tokenizer import Tokenizer, chat_prompt
 from minipost.world import judge, strip_template
+from minipost.generation import index_generator, make_generator
 
 
 def parse_args(argv=None):
@@ -119,7 +120,7 @@ def load_instructions(tok: Tokenizer, hp, block_size: int) -> list[str]:
 
 def iteration_prompts(instructions: list[str], hp, n: int) -> list[list[str]]:
     """n iterations' prompts, drawn as train_grpo.py draws them (randint from a generator seeded with --seed)."""
-    gen = torch.Generator().manual_seed(hp.seed)
+    gen = index_generator(hp.seed)
     return [[instructions[i] for i in torch.randint(0, len(instructions), (hp.prompts_per_step,), generator=gen)]
             for _ in range(n)]
 
@@ -131,8 +132,8 @@ def iteration_prompts(instructions: list[str], hp, n: int) -> list[list[str]]:
 def minipost_iterator(policy, ref, tok, hp, device, dtype):
     """A function run(prompts) -> {phase: seconds, ...} doing one iteration of train_grpo.py (verifier reward)."""
     opt = common.make_optimizer(policy, hp.lr, weight_decay=0.0)
-    data_rng = torch.Generator(device="cpu").manual_seed(hp.seed + 1)  # minibatch order
-    sample_rng = torch.Generator(device=device).manual_seed(hp.seed)
+    data_rng = index_generator(hp.seed + 1)  # minibatch order
+    sample_rng = make_generator(device, hp.seed)
     B, G = hp.prompts_per_step * hp.group_size, hp.group_size
     state = {"grad_step": 0}
 

@@ -45,6 +45,7 @@ import benchlib
 from minipost import common, data
 from minipost.model import GPT, GPTScalar, config_from_preset
 from minipost.tokenizer import Tokenizer
+from minipost.generation import index_generator
 
 import train_dpo  # noqa: E402  (the stage scripts: their defaults, losses and batch helpers)
 import train_rm  # noqa: E402
@@ -145,7 +146,7 @@ def load_work(task: str, tok: Tokenizer, block_size: int):
 
 def step_batches(rows: list, batch_size: int, n: int, seed: int) -> list[list]:
     """n batches of rows, drawn as the stage scripts draw them: `randint` picks from a seeded generator."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = index_generator(seed)
     return [[rows[i] for i in torch.randint(0, len(rows), (batch_size,), generator=gen).tolist()] for _ in range(n)]
 
 

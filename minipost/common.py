@@ -131,13 +131,15 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337, 
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--device", type=device_arg, default="",
-                   help="cpu | cuda | cuda:N | mps; empty = autodetect cuda > mps > cpu")
+                   help="cpu | cuda | cuda:N | mps; empty = cuda if there is one, else cpu (mps only when asked: fp32)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto = bf16 autocast where the device computes bf16 natively (CUDA compute capability 8.0+, "
                         "CPUs with AMX/AVX512-BF16), else fp32 (with TF32 matmuls on CUDA)")
-    p.add_argument("--fused-attn", action="store_true",
+    p.add_argument("--fused-attn", action=argparse.BooleanOptionalAction, default=None,
                    help="attention with torch's fused scaled_dot_product_attention (flash / memory-efficient "
-                        "kernels on a GPU) instead of the hand-written path; same results up to rounding")
+                        "kernels on a GPU) instead of the hand-written path; same results up to rounding. "
+                        "Default: fused on CUDA (the hand-written path keeps a (B, heads, T, T) softmax per layer "
+                        "for backward: gigabytes at GPT-2's 1,024 tokens), hand-written elsewhere")
     p.add_argument("--grad-checkpoint", action="store_true",
                    help="activation checkpointing: keep only each block's input in the forward pass and recompute "
                         "the rest in backward (less memory for long sequences / big models, ~30%% more compute)")
@@ -148,23 +150,60 @@ def add_common_args(p: argparse.ArgumentParser, out_dir: str, seed: int = 1337, 
                    help="tests of --resume: end the process after this step as a kill would; -1 = never")
 
 
+def add_lora_args(p):
+    """The LoRA flags every post-training stage has (the adapters themselves: lora.py)."""
+    p.add_argument("--lora-rank", type=nonneg_int, default=0,
+                   help="LoRA rank r of the adapters (only they train; the frozen reference is the same network "
+                        "with adapters off); 0 = full fine-tuning")
+    p.add_argument("--lora-alpha", type=positive_float, default=16.0,
+                   help="LoRA alpha: the update is scaled by alpha / r")
+    p.add_argument("--lora-targets", type=lora.parse_targets, default=["attn", "proj", "mlp"],
+                   help=f"comma-separated layers to adapt in every block: {', '.join(lora.TARGETS)}")
+    p.add_argument("--lora-save", choices=["merged", "adapters"], default="merged",
+                   help="merged = W + (alpha/r) B A in plain weights (loads anywhere); adapters = A and B alone "
+                        "(small; loading needs the base checkpoint named in config.json)")
+
+
+
 # -----------------------------------------------------------------------------
 # Device, dtype, randomness
 
 
+MPS_MIN_TORCH = (2, 5)  # the oldest torch minipost runs on Apple's GPUs (2.4's autocast queries raise on "mps")
+
+
+def torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 def pick_device(requested: str = "") -> torch.device:
+    """--device, or (empty) the best device that minipost has been run on: CUDA, else the CPU.
+
+    Apple's GPU (MPS) is used only when asked for (--device mps): every stage is written for it (generators on
+    the model's device, fp32, no collectives), but no Mac runs the project's tests, so an empty --device does
+    not bet a student's first run on it. What MPS lacks is refused here, in one line, before anything loads:
+    torch older than 2.5 and torchrun (pick_dtype refuses --dtype bf16 there).
+    """
     if requested:
         if requested.startswith("cuda") and not torch.cuda.is_available():
             sys.exit(f"error: --device {requested} but torch sees no CUDA GPU (torch {torch.__version__}); "
                      "use --device cpu")
-        if requested == "mps" and not torch.backends.mps.is_available():
-            sys.exit("error: --device mps but MPS is not available; use --device cpu")
+        if requested == "mps":
+            if not torch.backends.mps.is_available():
+                sys.exit("error: --device mps but MPS is not available; use --device cpu")
+            if torch_version() < MPS_MIN_TORCH:
+                sys.exit(f"error: --device mps needs torch >= {'.'.join(map(str, MPS_MIN_TORCH))}, this is torch "
+                         f"{torch.__version__}; upgrade torch or use --device cpu")
         return torch.device(requested)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
     return torch.device("cpu")
+
+
+def attention_for(device: torch.device, fused: bool | None) -> bool:
+    """--fused-attn / --no-fused-attn, or (neither) the default: fused on CUDA, the hand-written path elsewhere."""
+    return device.type == "cuda" if fused is None else fused
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -205,6 +244,11 @@ def pick_dtype(device: torch.device, requested: str = "auto") -> tuple[torch.dty
         if cpu_has_fast_bf16():
             return torch.bfloat16, "bf16 autocast: this CPU has AMX/AVX512-BF16 matrix units"
         return torch.float32, "fp32: this CPU has no fast bf16 matrix units"
+    if device.type == "mps":  # autocast on MPS: torch 2.4 raises, later versions may quietly run fp32 instead
+        if requested == "bf16":
+            sys.exit("error: --dtype bf16 is not supported on MPS (torch's autocast there raises or silently "
+                     "stays fp32); use --dtype fp32")
+        return torch.float32, "fp32 on mps (minipost runs MPS in fp32 only)"
     if requested == "bf16":
         return torch.bfloat16, "bf16 autocast as requested"
     return torch.float32, f"fp32 on {device.type}"
@@ -224,15 +268,20 @@ def seed_everything(seed: int):
 
 
 def rng_state() -> dict:
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": json.dumps(random.getstate()),
         "numpy": json.dumps(np.random.get_state(legacy=False), default=lambda a: a.tolist()),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws from CUDA's own
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])  # (saved on a CPU, or resumed on a CPU: nothing to restore)
     py = json.loads(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
     np_state = json.loads(state["numpy"])
@@ -460,11 +509,31 @@ def setup_training(model, args, train_also: tuple[str, ...] = ()):
     return model
 
 
+def synchronize(device):
+    """Wait until the device has done the work queued on it. CUDA and MPS run asynchronously: the Python line
+    after a forward returns before the GPU has finished, so a clock read without this times the launch."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def seconds_since(t0: float, device) -> float:
+    """Wall-clock seconds since time.time() was t0, once the device's queued work is done."""
+    synchronize(device)
+    return time.time() - t0
+
+
 def peak_memory_mb(device) -> float:
     """Peak memory of this process so far, in MiB: CUDA's allocator peak on a GPU, else the peak resident set
-    (Linux: VmHWM of this process image; ru_maxrss would include the peak of the parent that started it)."""
+    (Linux: VmHWM of this process image; ru_maxrss would include the peak of the parent that started it).
+    MPS keeps no peak counter: there it is the larger of the process's peak resident set and the memory the
+    Metal driver holds now (unified memory: a lower bound of the true peak)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    if torch.device(device).type == "mps":
+        return max(torch.mps.driver_allocated_memory() / 2**20, peak_memory_mb("cpu"))
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -547,8 +616,8 @@ class Checkpointer:
         if lora.has_adapters(self.model):  # model.safetensors holds merged weights: the adapters travel here
             state["lora_adapters"] = lora.adapter_state_dict(self.model)
         for name, part in self.parts.items():
-            if isinstance(part, torch.Generator):
-                state[name] = part.get_state()
+            if isinstance(part, torch.Generator):  # a CUDA generator's state is not a CPU one's: say whose it is
+                state[name] = {"device": part.device.type, "state": part.get_state()}
             elif hasattr(part, "state_dict"):
                 state[name] = part.state_dict()
             else:  # a small object of numbers (e.g. an adaptive KL coefficient)
@@ -577,7 +646,7 @@ class Checkpointer:
                                        "stage or an older minipost, and cannot continue this run exactly")
         for name, part in self.parts.items():
             if isinstance(part, torch.Generator):
-                part.set_state(state[name])
+                restore_generator(part, state[name], name, state["step"])
             elif hasattr(part, "load_state_dict"):
                 part.load_state_dict(state[name])
             else:
@@ -609,6 +678,21 @@ class Checkpointer:
             print(f"stopped at step {step} (--stop-at, as if killed); continue with --resume", flush=True)
             sys.stderr.flush()
             os._exit(0)
+
+
+def restore_generator(gen: torch.Generator, saved, name: str, step: int):
+    """Put a generator back where a checkpoint left it. Saved on another kind of device (a run started on a GPU
+    and resumed on a CPU, or the reverse), its state cannot be loaded -- a CUDA generator's state is a seed and
+    an offset, a CPU one's a Mersenne-Twister table -- so the generator is re-seeded from its seed and the step
+    instead: the run continues, deterministically, but its samples from here on differ from an uninterrupted
+    run's (said in one line). Checkpoints of older minipost versions hold the bare state."""
+    device, state = (saved["device"], saved["state"]) if isinstance(saved, dict) else (gen.device.type, saved)
+    if device == gen.device.type:
+        gen.set_state(state)
+        return
+    gen.manual_seed(gen.initial_seed() + 1000003 * step)
+    print(f"resume: {name} was saved on {device} and this run is on {gen.device.type}: re-seeded from its seed and "
+          f"step {step}, so the samples after step {step} differ from an uninterrupted run's")
 
 
 def dropout_off(config: GPTConfig) -> GPTConfig:

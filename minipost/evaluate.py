@@ -46,45 +46,9 @@ import torch
 
 from minipost import common
 from minipost.data import collate
+from minipost.generation import MAX_NEW_TOKENS, generate_from_ids, generate_responses, make_generator
+from minipost.model import sequence_logprob
 from minipost.tokenizer import Tokenizer, chat_prompt
-
-MAX_NEW_TOKENS = 48
-
-
-@torch.no_grad()
-def generate_responses(model, tok: Tokenizer, instructions: list[str], *, device, dtype=torch.float32,
-                       temperature=0.0, generator=None, max_new_tokens=MAX_NEW_TOKENS, batch_size=64):
-    """Answer each instruction in the chat template. Returns (texts, token lists without EOS, ended_with_eos)."""
-    prompts = [tok.encode(chat_prompt(x)) for x in instructions]
-    return generate_from_ids(model, tok, prompts, device=device, dtype=dtype, temperature=temperature,
-                             generator=generator, max_new_tokens=max_new_tokens, batch_size=batch_size)
-
-
-@torch.no_grad()
-def generate_from_ids(model, tok: Tokenizer, prompts: list[list[int]], *, device, dtype=torch.float32,
-                      temperature=0.0, generator=None, max_new_tokens=MAX_NEW_TOKENS, batch_size=64):
-    """Answer prompts given as token ids (already templated and truncated to fit the context).
-    Returns (texts, token lists without EOS, ended_with_eos)."""
-    texts, token_lists, ended = [], [], []
-    model.eval()
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i : i + batch_size]
-        budget = min(max_new_tokens, model.config.block_size - max(map(len, chunk)))
-        if budget < 1:
-            raise ValueError(f"a prompt of {max(map(len, chunk))} tokens leaves no room in the context of "
-                             f"{model.config.block_size}; truncate prompts first (data.encode_prompts)")
-        batch = collate([(p, len(p)) for p in chunk], tok.eos_id, side="left")
-        with common.autocast(device, dtype):
-            out = model.generate(batch["input_ids"].to(device), budget, temperature=temperature,
-                                 attention_mask=batch["attention_mask"].to(device), eos_token_id=tok.eos_id,
-                                 generator=generator)
-        new = out[:, batch["input_ids"].size(1) :].tolist()
-        for row in new:
-            stop = row.index(tok.eos_id) if tok.eos_id in row else len(row)
-            token_lists.append(row[:stop])
-            ended.append(stop < len(row))
-            texts.append(tok.decode(row[:stop]))
-    return texts, token_lists, ended
 
 
 @torch.no_grad()
@@ -121,13 +85,6 @@ def sequence_kl(policy, ref, tok: Tokenizer, instructions: list[str], rounds, *,
         with common.autocast(device, dtype):
             total += (sequence_logprob(policy, batch) - sequence_logprob(ref, batch)).sum().item()
     return total / len(seqs)
-
-
-def sequence_logprob(model, batch: dict) -> torch.Tensor:
-    """log pi(y|x) of each sequence (B,). Defined and explained beside the DPO loss, in train_dpo.py."""
-    from train_dpo import sequence_logprob as defined_in_train_dpo  # scripts sit at the repository root
-
-    return defined_in_train_dpo(model, batch)
 
 
 def distinct_n(texts: list[str], n: int = 2) -> float:
@@ -177,7 +134,7 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
     # n_samples samples per prompt at temperature 1, in rounds: sampled[k][i] answers prompt i.
     # Every model draws from the same seed, so round k of two models is a fair pairing.
     def sample_rounds(m):
-        gen = torch.Generator(device="cpu").manual_seed(seed)
+        gen = make_generator(device, seed)
         return [generate_responses(m, tok, instructions, device=device, dtype=dtype, temperature=1.0, generator=gen)
                 for _ in range(n_samples)]
 
@@ -219,7 +176,7 @@ def evaluate_model(model, tok: Tokenizer, world, *, device, dtype=torch.float32,
         metrics[f"kl_to_{name}"] = sequence_kl(model, ref, tok, instructions, rounds, device=device, dtype=dtype)
         for s, t in zip(samples, theirs):
             s[f"{name}_response"] = t["response"]
-    settings = eval_settings(model, seed=seed, n_samples=n_samples, limit=limit)
+    settings = eval_settings(model, seed=seed, n_samples=n_samples, limit=limit, device=device, dtype=dtype)
     return {"metrics": metrics, "samples": samples, "settings": settings}
 
 
@@ -233,10 +190,16 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def eval_settings(model, *, seed: int, n_samples: int, limit: int) -> dict:
+def sampled_on(device, dtype) -> dict:
+    """Where samples were drawn: the same seed draws other samples on a GPU than on a CPU (another generator),
+    and bf16 autocast changes the logits. A cache of samples is reused only where they would be drawn again."""
+    return {"device": torch.device(device).type, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def eval_settings(model, *, seed: int, n_samples: int, limit: int, device="cpu", dtype=torch.float32) -> dict:
     """Everything that decides evaluate_model's answers (besides the world): stored beside them."""
     return {"seed": seed, "n_samples": n_samples, "limit": limit, "max_new_tokens": MAX_NEW_TOKENS,
-            "weights_sha256": weights_fingerprint(model)}
+            "weights_sha256": weights_fingerprint(model), **sampled_on(device, dtype)}
 
 
 def write_eval(out_dir, result: dict):
@@ -256,7 +219,8 @@ def write_eval(out_dir, result: dict):
                                           "written_for": results_stamp(out, *files)})
 
 
-def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0) -> dict | None:
+def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0, device="cpu",
+              dtype=torch.float32) -> dict | None:
     """The evaluation that `model`'s own stage wrote into ckpt_dir, if it was made of these very weights
     with these settings (else None): a later stage's reference answers without generating them again."""
     try:
@@ -267,7 +231,7 @@ def load_eval(ckpt_dir, model, *, seed: int, n_samples: int = 2, limit: int = 0)
         return None
     settings = metrics.pop("eval_settings", None)
     metrics.pop("written_for", None)
-    if settings != eval_settings(model, seed=seed, n_samples=n_samples, limit=limit):
+    if settings != eval_settings(model, seed=seed, n_samples=n_samples, limit=limit, device=device, dtype=dtype):
         return None
     return {"metrics": metrics, "samples": samples, "settings": settings}
 
@@ -276,7 +240,8 @@ def evaluate_reference(model, ckpt_dir, tok: Tokenizer, world, *, device, dtype=
                        n_samples: int = 2, limit: int = 0) -> dict:
     """A reference model's answers for win rates: those its stage stored in ckpt_dir when they describe the
     same weights and settings (load_eval), else evaluate_model again. Same numbers, no second generation."""
-    stored = load_eval(ckpt_dir, model, seed=seed, n_samples=n_samples, limit=limit) if ckpt_dir else None
+    stored = (load_eval(ckpt_dir, model, seed=seed, n_samples=n_samples, limit=limit, device=device, dtype=dtype)
+              if ckpt_dir else None)
     if stored is not None:
         print(f"evaluation: reusing the answers stored in {ckpt_dir} (same weights and settings)")
         return stored
@@ -396,7 +361,7 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
 
     settings = {"prompts_sha256": hashlib.sha256("\n".join(instructions).encode()).hexdigest(), "seed": seed,
                 "label_noise": label_noise, "max_new_tokens": MAX_NEW_TOKENS, "samples": samples,
-                "weights_sha256": weights_fingerprint(policy)}
+                "weights_sha256": weights_fingerprint(policy), **sampled_on(device, dtype)}
     cache = Path(cache_dir) / "policy_pairs.json" if cache_dir and Path(cache_dir).is_dir() else None
     if cache is not None and cache.is_file():
         try:
@@ -407,7 +372,7 @@ def policy_pairs(policy, tok: Tokenizer, instructions: list[str] | int, *, label
         except (ValueError, KeyError, AttributeError):
             pass  # unreadable: sample again and overwrite it
 
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(device, seed)
     rounds = [generate_responses(policy, tok, instructions, device=device, dtype=dtype, temperature=1.0,
                                  generator=gen)[0] for _ in range(samples)]  # rounds[r][i]: sample r of instruction i
     flip = random.Random(seed)
@@ -470,7 +435,7 @@ def pass_at_k_curve(model, tok: Tokenizer, world, *, device, dtype=torch.float32
     if limit > 0:
         prompts = prompts[:: max(1, len(prompts) // limit)][:limit]
     instructions = [p["prompt"] for p in prompts]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = make_generator(device, seed)
     repeated = [x for x in instructions for _ in range(n)]  # n copies of each prompt, side by side
     texts, _, _ = generate_responses(model, tok, repeated, device=device, dtype=dtype, temperature=1.0,
                                      generator=gen, batch_size=batch_size)
@@ -493,7 +458,7 @@ def pass_at_k_cached(ckpt_dir, model, tok: Tokenizer, world, *, device, dtype=to
     from minipost.checkpoint import atomic_write_json
 
     settings = {"n": n, "seed": seed, "limit": limit, "max_new_tokens": MAX_NEW_TOKENS,
-                "weights_sha256": weights_fingerprint(model)}
+                "weights_sha256": weights_fingerprint(model), **sampled_on(device, dtype)}
     path = Path(ckpt_dir) / "passk.json"
     try:
         stored = json.loads(path.read_text())
@@ -529,7 +494,7 @@ def best_of_n_win_rates(model, tok: Tokenizer, world, ns=(1, 2, 4, 8), *, device
 
     prompts = world.eval_prompts
     instructions = [p["prompt"] for p in prompts]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = make_generator(device, seed)
 
     def one_round(temperature=1.0):  # the judge's verdicts on one answer per prompt
         texts, _, _ = generate_responses(model, tok, instructions, device=device, dtype=dtype, temperature=temperature,
@@ -608,7 +573,7 @@ def best_of_n_curve(model, rm, tok: Tokenizer, world, ns=BEST_OF_N, *, device, d
         prompts = prompts[:: max(1, len(prompts) // limit)][:limit]
     instructions = [p["prompt"] for p in prompts]
     N = max(ns)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = make_generator(device, seed)
     repeated = [x for x in instructions for _ in range(N)]  # N copies of each prompt, side by side
     texts, toks, ended = generate_responses(model, tok, repeated, device=device, dtype=dtype, temperature=1.0,
                                             generator=gen, batch_size=batch_size)

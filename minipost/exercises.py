@@ -67,7 +67,7 @@ EXERCISES = [
              (f"{T_LOSSES}::test_sft_loss_micro_batches_give_the_full_batch_gradient",
               f"{T_MATH}::test_sft_loss_is_the_response_token_mean")),
     Exercise("bradley_terry", "train_rm.py", (f"{T_LOSSES}::test_bradley_terry_goldens",)),
-    Exercise("sequence_logprob", "train_dpo.py",
+    Exercise("sequence_logprob", "minipost/model.py",
              (f"{T_LOGP}::test_sequence_logprob_is_minus_cross_entropy_over_the_response_and_ignores_padding",
               f"{T_LOGP}::test_pair_logps_and_score_pairs_match_sequences_scored_alone")),
     Exercise("dpo_loss", "train_dpo.py",

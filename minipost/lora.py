@@ -77,22 +77,6 @@ def parse_targets(s: str) -> list[str]:
     return names
 
 
-def add_lora_args(p):
-    """The LoRA flags every post-training stage has."""
-    from minipost.common import nonneg_int, positive_float
-
-    p.add_argument("--lora-rank", type=nonneg_int, default=0,
-                   help="LoRA rank r of the adapters (only they train; the frozen reference is the same network "
-                        "with adapters off); 0 = full fine-tuning")
-    p.add_argument("--lora-alpha", type=positive_float, default=16.0,
-                   help="LoRA alpha: the update is scaled by alpha / r")
-    p.add_argument("--lora-targets", type=parse_targets, default=["attn", "proj", "mlp"],
-                   help=f"comma-separated layers to adapt in every block: {', '.join(TARGETS)}")
-    p.add_argument("--lora-save", choices=["merged", "adapters"], default="merged",
-                   help="merged = W + (alpha/r) B A in plain weights (loads anywhere); adapters = A and B alone "
-                        "(small; loading needs the base checkpoint named in config.json)")
-
-
 def apply_lora(model: nn.Module, rank: int, alpha: float, targets: list[str], train_also: tuple[str, ...] = ()):
     """Replace the targeted Linear layers of every block by LoRALinear (in place) and freeze everything except
     the adapters and the parameters whose names start with one of `train_also` (e.g. "head"). Returns model."""

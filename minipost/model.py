@@ -310,7 +310,9 @@ class GPT(nn.Module):
         cache = None
         if use_cache:
             dtype = self.transformer.wte.weight.dtype
-            if torch.is_autocast_enabled(idx.device.type):
+            # the cache holds what autocast computes; minipost autocasts only on CPU and CUDA (asking torch 2.4
+            # about autocast on "mps" raises, even when it is off)
+            if idx.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(idx.device.type):
                 dtype = torch.get_autocast_dtype(idx.device.type)
             cache = KVCache(self.config, B, total, idx.device, dtype)
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
@@ -497,6 +499,22 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # END EXERCISE token_logprobs
 
 
+def sequence_logprob(model, batch: dict) -> torch.Tensor:
+    """log pi(y|x) = sum over response tokens t of log pi(y_t | x, y_<t), per sequence (B,), in fp32.
+
+    The EOS that ends the response counts (it is how the model says "done"); prompt and padding do not
+    (batch["response_mask"] is 1 on response tokens and the EOS only). The logits at position t predict
+    token t + 1, hence the shift by one. DPO's loss is built from four of these (policy and reference, chosen
+    and rejected: train_dpo.py); the evaluation's KL and knowledge probes use it too.
+    """
+    # EXERCISE sequence_logprob: log pi(y|x): the response tokens' log-probs summed per sequence
+    ids = batch["input_ids"]  # (B, T)
+    logits = model(ids, batch["attention_mask"])  # (B, T, V)
+    logp = token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, T-1): log pi(ids[t+1] | ids[<=t])
+    return (logp * batch["response_mask"][:, 1:]).sum(dim=1)  # (B,)
+    # END EXERCISE sequence_logprob
+
+
 # -----------------------------------------------------------------------------
 # Sampling: a pure function of (logits, generator, temperature, top_k, top_p)
 
@@ -522,10 +540,14 @@ def sample_next(logits, generator=None, temperature=1.0, top_k=None, top_p=None)
     """One token per row of logits (B, V) -> (ids (B,), log-probs (B,) under the sampling distribution).
 
     temperature 0 is greedy (argmax, ignores the generator). Filtering (top-k / top-p) changes the
-    distribution: PPO samples with neither, or its KL estimate would be wrong.
+    distribution: PPO samples with neither, or its KL estimate would be wrong. The generator must live on the
+    logits' device (minipost/generation.py: make_generator): torch cannot draw on a GPU with a CPU generator.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if generator is not None and generator.device.type != logits.device.type:
+        raise ValueError(f"a generator on {generator.device.type} cannot sample logits on {logits.device.type}: "
+                         "make it with minipost.generation.make_generator(device, seed)")
     if temperature == 0:
         ids = logits.argmax(dim=-1)
         logps = F.log_softmax(logits, dim=-1)
