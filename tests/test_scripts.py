@@ -231,3 +231,16 @@ def test_dpo_rpo_alpha_adds_the_chosen_nll(micro, tmp_path):
     assert dpo["loss"] == pytest.approx(math.log(2), abs=1e-3)  # step 0: policy = reference
     nll = rpo["loss"] - dpo["loss"]  # the same batch (same seed): only the NLL term differs
     assert nll > 0.5 and math.isfinite(nll)
+
+
+def test_the_gpu_smoke_script_runs_on_the_cpu(micro, tmp_path):
+    """bench/gpu_smoke.py -- the run a GPU gets first -- on the CPU at tiny shapes, so that it cannot rot: chat,
+    docs/gpu.md's commands, every collective and two stages under torchrun (gloo, one rank), and a stopped and
+    resumed GRPO run, each a row of its table, every row ok (the micro pipeline is the module's own)."""
+    proc = run("bench/gpu_smoke.py", "--device", "cpu", "--shape", "tiny", "--reuse", micro[0], "--work", tmp_path,
+               timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [r.split(" | ")[0].strip("| ") for r in rows]
+    assert len(rows) == 11 and all(" | ok | " in r for r in rows), rows
+    assert {"gpu.md train_ppo", "collectives (torchrun, 1 rank)", "torchrun train_ppo", "resume cpu -> cpu"} <= set(names)
