@@ -159,7 +159,8 @@ def main(argv=None):
     # 1. the embedded default, every stage and evaluation
     micro = Path(a.reuse) if a.reuse else work / "micro"
     if not a.reuse:
-        run(rows, "pipeline --micro", python("pipeline.py", "--micro", "--checkpoints", micro, *dev), device=a.device)
+        run(rows, "pipeline --micro", python("pipeline.py", "--micro", "--checkpoints", micro, *dev), device=a.device,
+            timeout=1800)
     # 2. chat: sampling with a generator on the device
     run(rows, "chat.py (T=1, top-p)", python("chat.py", "--init", micro / "grpo", "--prompt", "What is the capital of "
         "France?", "--temperature", "1", "--top-p", "0.9", *dev), device=a.device)
@@ -183,7 +184,7 @@ def main(argv=None):
         run(rows, f"gpu.md {script.removesuffix('.py')}", python(*args[1:], *extra, "--overwrite", *dev),
             device=a.device, timeout=900)
     # 4. the collectives, on one rank (NCCL on CUDA, gloo on CPU), alone and inside training loops
-    run(rows, "collectives (torchrun, 1 rank)", torchrun(Path(__file__).name, "--collectives-child", *dev),
+    run(rows, "collectives (torchrun, 1 rank)", torchrun("bench/gpu_smoke.py", "--collectives-child", *dev),
         device=a.device, expect="collectives ok")
     run(rows, "torchrun train_sft", torchrun("train_sft.py", "--init", micro / "base", "--steps", "2",
         "--out", work / "sft-ddp", "--overwrite", "--skip-eval", *dev), device=a.device)
