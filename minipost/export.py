@@ -27,9 +27,9 @@ score(h) with a bias-free Linear. Two changes make it score exactly what minipos
     constant c = (head.bias - shift) / scale moves into ln_f's bias, whose only reader in a classifier is `score`:
     ln_f.bias += c * w / (w . w) adds w . (c w / (w . w)) = c to every score (see fold_reward_head).
   * "the last token". HF does not read the attention mask: it takes the rightmost token that is not the pad id.
-    GPT-2 pads with EOS, and a scored response ends WITH an EOS, so that rule reads one token early (pitfall 14 of
-    docs/pitfalls.md). The export adds a pad token `<|pad|>` with an id of its own (the vocabulary size; one extra,
-    all-zero embedding row that no real token uses), and the tokenizer pads with it.
+    GPT-2 pads with EOS, and a scored response ends WITH an EOS, so that rule reads one token early (pad = EOS,
+    docs/pitfalls.md 1, in a loader). The export adds a pad token `<|pad|>` with an id of its own (the vocabulary
+    size; one extra, all-zero embedding row that no real token uses), and the tokenizer pads with it.
 
 Loading back: minipost reads an exported language model with `--init OUT_DIR` (GPT.from_pretrained): the weights
 are bitwise the ones exported. An exported reward model loads back as a GPTScalar (common.load_model, via
@@ -215,7 +215,7 @@ def tokenizer_files(tok: Tokenizer, block_size: int, pad_id: int | None) -> dict
         "post_processor": {"type": "ByteLevel", **byte_level, "trim_offsets": False},
         "decoder": {"type": "ByteLevel", **byte_level},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "end_of_word_suffix": "", "fuse_unk": False,  # (later fields keep their defaults: old readers)
                   "vocab": {**vocab, **({PAD: pad_id} if pad_id is not None else {})},
                   "merges": [f"{a} {b}" for a, b in merges]},  # byte-level spellings never contain a space
     }
@@ -317,7 +317,8 @@ def export(source: str, out_dir, overwrite: bool = False) -> dict:
     cfg = model.config
     if tok.vocab_size != cfg.vocab_size:
         raise UserError(f"{source}: tokenizer of {tok.vocab_size} tokens, the model has {cfg.vocab_size} embeddings")
-    meta = {"minipost": {"source": str(source), "stage": config.get("stage"), "kind": "scalar" if scalar else "lm"}}
+    meta = {"minipost": {"source": str(source), "stage": config.get("stage"), "kind": "scalar" if scalar else "lm",
+                         **({"world_seed": config["world_seed"]} if "world_seed" in config else {})}}
     if scalar:
         tensors = hf_tensors(state, cfg.n_layer, prefix="gpt.")
         score, ln_f_bias = fold_reward_head(state["head.weight"], state["head.bias"], state["reward_shift"],

@@ -330,6 +330,27 @@ def test_reward_model_in_transformers(d, world):
         assert (wrong - want).abs().min() > 1e-3
 
 
+def test_a_transformers_reward_model_loads_into_minipost(tmp_path):
+    """Any one-label GPT2ForSequenceClassification (here random, with pad = EOS as usual) loads as a GPTScalar that
+    scores the EOS that ends each row, read from the mask; Hugging Face's own pooling reads the token before it."""
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tr.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=4, vocab_size=512, num_labels=1,
+                        pad_token_id=511, eos_token_id=511, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    hf = tr.GPT2ForSequenceClassification(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf_rm")
+    rm, tok, config = common.load_model(str(tmp_path / "hf_rm"), kind="scalar")
+    assert isinstance(rm, GPTScalar) and config["kind"] == "scalar" and tok.eos_id == 511
+    rows = [[5, 6, 7, 511], [8, 9, 511]]  # each ends with its EOS
+    with torch.no_grad():
+        at_eos = torch.cat([hf.score(hf.transformer(torch.tensor([r])).last_hidden_state)[:, -1, 0] for r in rows])
+        ids = torch.tensor([rows[0], rows[1] + [511]])
+        mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+        torch.testing.assert_close(rm.eval().score(ids, mask), at_eos, atol=1e-5, rtol=1e-5)
+        one_early = torch.cat([hf(torch.tensor([r])).logits[:, 0] for r in rows])  # the rightmost non-pad id
+        assert (one_early - at_eos).abs().min() > 1e-3
+
+
 def test_gpt2_shaped_model_in_transformers(tmp_path, world):
     """GPT-2's width, heads, context and full 50,257-token vocabulary (EOS 50256), with 2 of its 12 layers: the
     exporter's code per layer is the same for every layer, and 12 would triple the time of this test."""
