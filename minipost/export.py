@@ -3,6 +3,7 @@ Export a minipost checkpoint as a Hugging Face `transformers` GPT-2 directory, s
 
     python -m minipost.export checkpoints/sft exported/sft     # a language model -> GPT2LMHeadModel
     python -m minipost.export checkpoints/rm exported/rm       # a reward model -> GPT2ForSequenceClassification
+    python -m minipost.export checkpoints/ppo exported/ppo --overwrite   # replace an earlier export
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("exported/sft")
@@ -16,7 +17,7 @@ Nothing here imports transformers: the files are written by hand, from what each
                          the inverse of GPT.from_pretrained. lm_head is tied to wte and not stored.
   config.json            GPT2Config's fields: shape, tanh GELU ("gelu_new"), LayerNorm eps 1e-5, token ids.
   vocab.json, merges.txt the byte-level BPE in GPT-2's own file format, rebuilt from the tiktoken ranks
-  tokenizer.json         (minipost/gpt2.tiktoken) restricted to the model's vocabulary (see bpe_merges).
+  tokenizer.json         (minipost/gpt2.tiktoken) restricted to the model's vocabulary (see bpe_files).
   tokenizer_config.json  special tokens and the chat template (Jinja) that renders minipost's prompt.
   generation_config.json (language models) eos / pad token ids for `generate`.
 
@@ -50,7 +51,7 @@ from minipost.errors import UserError
 from minipost.model import GPT, GPTScalar
 from minipost.tokenizer import EOT, TEMPLATE, Tokenizer, _gpt2_ranks
 
-PAD = "<|pad|>"  # the reward model's pad token (see the docstring): an id that no text ever produces
+PAD = "<|pad|>"  # the reward model's pad token (see the docstring): an id minipost's tokenizer never produces
 # GPT-2's Conv1D layers store (in, out); minipost's nn.Linear stores (out, in)
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Files a Hugging Face directory may hold that would override or contradict an export (a chat_template.jinja wins
@@ -307,7 +308,7 @@ def _json_or_empty(path: Path) -> dict:
 
 
 def export(source: str, out_dir, overwrite: bool = False) -> dict:
-    """Write the Hugging Face directory for checkpoint `source` (anything common.load_model reads). Returns a summary."""
+    """Write the Hugging Face directory of checkpoint `source` (anything common.load_model reads); a summary back."""
     out_dir = Path(out_dir)
     check_out_dir(source, out_dir, overwrite)
     model, tok, config = common.load_model(source, "cpu", kind=None)
