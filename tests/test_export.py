@@ -283,8 +283,9 @@ def test_tiny_language_model_in_transformers(d, world):
 
 
 def test_tokenizer_and_chat_template_in_transformers(d, world):
-    """Tokens of a few hundred documents, every prompt and response; the chat template equals minipost's prompt
-    for every world prompt; an SFT example (template with the answer) is prompt ids + response ids + EOS."""
+    """Special ids; the chat template equals minipost's prompt for every world prompt, and multi-turn; an SFT
+    example (template with the answer) tokenizes to prompt ids + response ids + EOS. (The world's documents,
+    prompts and answers are tokenized in check_language_model.)"""
     _, hf_tok = hf_load(d / "lm_hf")
     tok = Tokenizer(4096)
     assert (hf_tok.eos_token_id, hf_tok.bos_token_id, hf_tok.pad_token_id, len(hf_tok)) == (EOS, EOS, EOS, 4096)
