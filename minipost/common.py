@@ -438,14 +438,19 @@ def load_model(source: str, device="cpu", kind: str | None = "lm", fused_attn: b
     fused_attn: True / False picks the attention path (--fused-attn); None keeps the checkpoint's.
     """
     if is_pretrained_source(source):  # official weights by name, a save_pretrained directory, a .safetensors file
+        from minipost import export  # a GPT2ForSequenceClassification (e.g. `python -m minipost.export` of an RM)
+
+        saved_kind = "scalar" if export.is_sequence_classifier(source) else "lm"
+        if saved_kind == "scalar" and kind == "lm":
+            raise ckpt.CheckpointError(f"{source} holds a scalar model, a language model is needed")
         try:
-            model = GPT.from_pretrained(source)
+            model = export.scalar_from_pretrained(source) if saved_kind == "scalar" else GPT.from_pretrained(source)
         except (DownloadError, FileNotFoundError, ValueError) as e:  # offline, no safetensors, a foreign config
             raise ckpt.CheckpointError(str(e)) from e
-        config = {"stage": "pretrained", "kind": "lm", "model": model.config.to_dict(),
+        config = {"stage": "pretrained", "kind": saved_kind, "model": model.config.to_dict(),
                   "tokenizer": {"vocab_size": model.config.vocab_size}, "init": source}
         tok = Tokenizer(model.config.vocab_size)
-        if kind == "scalar":
+        if kind == "scalar" and saved_kind == "lm":
             scalar = GPTScalar(model.config)
             scalar.gpt.load_state_dict(model.state_dict())
             model = scalar
