@@ -22,8 +22,8 @@ from minipost import checkpoint as ckpt
 from minipost import distributed, lora
 from minipost.download import DownloadError
 from minipost.errors import UserError
-from minipost.model import (GPT, OFFICIAL, CausalSelfAttention, GPTConfig, GPTScalar,
-                            is_pretrained_source)
+from minipost.model import (GPT, OFFICIAL, CausalSelfAttention, GPTConfig, GPTScalar, is_pretrained_source,
+                            is_sequence_classifier)
 from minipost.tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -438,13 +438,12 @@ def load_model(source: str, device="cpu", kind: str | None = "lm", fused_attn: b
     fused_attn: True / False picks the attention path (--fused-attn); None keeps the checkpoint's.
     """
     if is_pretrained_source(source):  # official weights by name, a save_pretrained directory, a .safetensors file
-        from minipost import export  # a GPT2ForSequenceClassification (e.g. `python -m minipost.export` of an RM)
-
-        saved_kind = "scalar" if export.is_sequence_classifier(source) else "lm"
+        # a GPT2ForSequenceClassification directory (e.g. `python -m minipost.export` of a reward model) is a scalar
+        saved_kind = "scalar" if is_sequence_classifier(source) else "lm"
         if saved_kind == "scalar" and kind == "lm":
             raise ckpt.CheckpointError(f"{source} holds a scalar model, a language model is needed")
         try:
-            model = export.scalar_from_pretrained(source) if saved_kind == "scalar" else GPT.from_pretrained(source)
+            model = GPTScalar.from_pretrained(source) if saved_kind == "scalar" else GPT.from_pretrained(source)
         except (DownloadError, FileNotFoundError, ValueError) as e:  # offline, no safetensors, a foreign config
             raise ckpt.CheckpointError(str(e)) from e
         config = {"stage": "pretrained", "kind": saved_kind, "model": model.config.to_dict(),

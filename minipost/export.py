@@ -34,7 +34,7 @@ score(h) with a bias-free Linear. Two changes make it score exactly what minipos
 
 Loading back: minipost reads an exported language model with `--init OUT_DIR` (GPT.from_pretrained): the weights
 are bitwise the ones exported. An exported reward model loads back as a GPTScalar (common.load_model, via
-scalar_from_pretrained below) with the folded head: the same scores (up to float rounding), and exporting it again
+GPTScalar.from_pretrained in model.py) with the folded head: the same scores (up to float rounding), and exporting it again
 writes the same bytes.
 """
 
@@ -48,7 +48,7 @@ import torch
 from minipost import checkpoint as ckpt
 from minipost import common, lora
 from minipost.errors import UserError
-from minipost.model import GPT, GPTScalar
+from minipost.model import GPTScalar, read_hf_config
 from minipost.tokenizer import EOT, TEMPLATE, Tokenizer, _gpt2_ranks
 
 PAD = "<|pad|>"  # the reward model's pad token (see the docstring): an id minipost's tokenizer never produces
@@ -293,18 +293,10 @@ def check_out_dir(source: str, out_dir: Path, overwrite: bool):
         raise UserError(f"{out_dir} exists and is not a directory")
     if out_dir.exists() and Path(source).exists() and out_dir.resolve() == Path(source).resolve():
         raise UserError(f"{out_dir} is the checkpoint being exported; write the export to another directory")
-    if ckpt.has_checkpoint(out_dir) and "model_type" not in _json_or_empty(out_dir / "config.json"):
+    if ckpt.has_checkpoint(out_dir) and "model_type" not in read_hf_config(out_dir / "config.json"):
         raise UserError(f"{out_dir} holds a minipost checkpoint; write the export to another directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UserError(f"{out_dir} is not empty; pass --overwrite to replace the files of an earlier export")
-
-
-def _json_or_empty(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-        return {}
 
 
 def export(source: str, out_dir, overwrite: bool = False) -> dict:
@@ -363,39 +355,6 @@ def _write_json(path: Path, obj):
 
 # -----------------------------------------------------------------------------
 # The way back: an exported reward model (or any GPT-2 reward model in this layout) as a GPTScalar
-
-
-def is_sequence_classifier(path) -> bool:
-    """True for a Hugging Face directory whose config.json names GPT2ForSequenceClassification."""
-    return "GPT2ForSequenceClassification" in _json_or_empty(Path(path) / "config.json").get("architectures", [])
-
-
-def scalar_from_pretrained(path) -> GPTScalar:
-    """A GPT2ForSequenceClassification directory with one label -> GPTScalar: backbone from GPT.from_pretrained,
-    head.weight = score.weight, head.bias = 0, shift 0, scale 1 (an export folded them into the weights). The pad
-    row an export added is dropped, so the vocabulary (and its EOS id) is the model's own again. minipost reads
-    the last real token from the mask, so its scores equal Hugging Face's on any padding."""
-    path = Path(path)
-    hf = _json_or_empty(path / "config.json")
-    gpt = GPT.from_pretrained(str(path))  # raises ValueError / FileNotFoundError with the path
-    tensors, _ = ckpt.read_safetensors(path / "model.safetensors")
-    score = tensors.get("score.weight")
-    if score is None or tuple(score.shape) != (1, gpt.config.n_embd):
-        got = "none" if score is None else tuple(score.shape)
-        raise ValueError(f"{path}: a reward model needs score.weight of shape (1, {gpt.config.n_embd}), got {got}")
-    cfg = gpt.config
-    added = hf.get("minipost", {}).get("added_pad_token") if isinstance(hf.get("minipost"), dict) else None
-    if added is not None:
-        if added != cfg.vocab_size - 1:
-            raise ValueError(f"{path}: added_pad_token {added} is not the last of {cfg.vocab_size} embeddings")
-        cfg.vocab_size -= 1
-    rm, backbone = GPTScalar(cfg), gpt.state_dict()
-    with torch.no_grad():
-        for key, p in rm.gpt.state_dict().items():  # wte (and the lm_head tied to it) without the pad row
-            p.copy_(backbone[key][: p.shape[0]])
-        rm.head.weight.copy_(score)
-        rm.head.bias.zero_()
-    return rm
 
 
 # -----------------------------------------------------------------------------

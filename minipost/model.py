@@ -585,6 +585,36 @@ class GPTScalar(nn.Module):
         raw = self.head(h).squeeze(-1).float()  # (B, T)
         return (raw - self.reward_shift) / self.reward_scale
 
+    @classmethod
+    def from_pretrained(cls, path) -> "GPTScalar":
+        """A GPT2ForSequenceClassification directory with one label -> GPTScalar: backbone from GPT.from_pretrained,
+        head.weight = score.weight, head.bias = 0, shift 0, scale 1 (an export folded them into the weights). The pad
+        row an export added is dropped, so the vocabulary (and its EOS id) is the model's own again. minipost reads
+        the last real token from the mask, so its scores equal Hugging Face's on any padding."""
+        path = Path(path)
+        hf = read_hf_config(path / "config.json")
+        from minipost.checkpoint import read_safetensors
+
+        gpt = GPT.from_pretrained(str(path))  # raises ValueError / FileNotFoundError with the path
+        tensors, _ = read_safetensors(path / "model.safetensors")
+        score = tensors.get("score.weight")
+        if score is None or tuple(score.shape) != (1, gpt.config.n_embd):
+            got = "none" if score is None else tuple(score.shape)
+            raise ValueError(f"{path}: a reward model needs score.weight of shape (1, {gpt.config.n_embd}), got {got}")
+        cfg = gpt.config
+        added = hf.get("minipost", {}).get("added_pad_token") if isinstance(hf.get("minipost"), dict) else None
+        if added is not None:
+            if added != cfg.vocab_size - 1:
+                raise ValueError(f"{path}: added_pad_token {added} is not the last of {cfg.vocab_size} embeddings")
+            cfg.vocab_size -= 1
+        rm, backbone = cls(cfg), gpt.state_dict()
+        with torch.no_grad():
+            for key, p in rm.gpt.state_dict().items():  # wte (and the lm_head tied to it) without the pad row
+                p.copy_(backbone[key][: p.shape[0]])
+            rm.head.weight.copy_(score)
+            rm.head.bias.zero_()
+        return rm
+
     def score(self, idx, attention_mask) -> torch.Tensor:
         """Scalar at the last real token of each row (B,): found from the mask, never from token ids
         (pad id == EOS id). Works for right and left padding."""
@@ -593,3 +623,17 @@ class GPTScalar(nn.Module):
         positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
         last = torch.where(attention_mask.bool(), positions, -1).max(dim=1).values  # (B,)
         return values.gather(1, last[:, None]).squeeze(1)
+
+
+def read_hf_config(path) -> dict:
+    """A Hugging Face directory's config.json as a dict ({} when missing or unreadable)."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+
+
+def is_sequence_classifier(path) -> bool:
+    """True for a Hugging Face directory whose config.json names GPT2ForSequenceClassification."""
+    return "GPT2ForSequenceClassification" in read_hf_config(Path(path) / "config.json").get("architectures", [])
