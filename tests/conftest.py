@@ -2,6 +2,9 @@
 fraction of a second (no training), so the scripts can run on them in-process."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,3 +35,15 @@ def tiny_dir(tmp_path_factory):
                                for i in range(12)])
     _jsonl(d / "prompts.jsonl", [{"prompt": f"Count to {i}."} for i in range(12)])
     return d
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory):
+    """The whole pipeline on micro settings, once per test session: (checkpoint dir, its output). Shared by
+    tests/test_scripts.py (every stage end to end, the GPU smoke script on CPU) and tests/test_notebook.py (which
+    copies it, so the notebook only rebuilds the report)."""
+    d = tmp_path_factory.mktemp("micro")
+    proc = subprocess.run([sys.executable, "pipeline.py", "--micro", "--checkpoints", str(d)], capture_output=True,
+                          text=True, timeout=1800, cwd=Path(__file__).resolve().parents[1])  # ~2 min, quiet 2 cores
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return d, proc.stdout

@@ -53,16 +53,12 @@ def snapshot(root: Path) -> dict:
             if p.is_file() and not {"checkpoints", "__pycache__", ".pytest_cache"} & set(p.relative_to(root).parts)}
 
 
-# Finished micro stages to start from (a directory of `pipeline.py --micro --checkpoints DIR`), or None: the notebook
-# then runs the micro pipeline itself, most of this test's time (a few minutes on 2 cores). A session-scoped micro
-# pipeline fixture shared with tests/test_scripts.py could be passed here; the notebook then only builds the report.
-PREBUILT_MICRO = None
-
-
-def test_notebook_runs_top_to_bottom_in_a_copy(tmp_path):
+def test_notebook_runs_top_to_bottom_in_a_copy(tmp_path, micro):
+    """The notebook's code cells in order, in a copy of the repository. It starts from the session's finished micro
+    stages (tests/conftest.py: pipeline.py reuses finished stages), so it runs the report, the side-by-side answers,
+    the exercise and the experiment; running the micro pipeline itself is the same command that fixture ran."""
     repo = exercises._copy_of(ROOT, tmp_path / "repo")  # code, tests, notebooks; no git or checkpoints; exercises reset
-    if PREBUILT_MICRO is not None:  # pipeline.py reuses finished stages
-        shutil.copytree(PREBUILT_MICRO, repo / "checkpoints" / "micro")
+    shutil.copytree(micro[0], repo / "checkpoints" / "micro")
     before = snapshot(repo)  # (checkpoints excluded)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # a CPU: MICRO is True by itself
     env.pop("MINIPOST_WORLD_SEED", None)

@@ -20,15 +20,6 @@ def run(*args, timeout=600):
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    """The whole pipeline on micro settings, once for this module: (checkpoint dir, its output)."""
-    d = tmp_path_factory.mktemp("micro")
-    proc = run("pipeline.py", "--micro", "--checkpoints", d, timeout=1800)  # ~2 minutes on a quiet 2-core machine
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return d, proc.stdout
-
-
 def log_rows(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
