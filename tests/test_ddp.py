@@ -124,7 +124,11 @@ def test_two_processes_match_one_process(runs, stage):
     w2, _ = ckpt.load_checkpoint(two / stage)
     assert w1.keys() == w2.keys()
     diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
-    assert diff < 1e-5, f"{stage}: weights differ by {diff}"
+    # Two ranks add the gradient in another order than one process (rounding ~1e-7), and Adam divides every
+    # gradient by its own running RMS: for a weight whose gradient is ~0 that rounding moves its update by a
+    # fraction of the lr (1e-4 here, 3 steps). 1e-5 held on some CPUs and not on others (the reward model: 1.12e-5
+    # on the 2026-12-08 machine, deterministic, at 8be4c38 too); 3e-5 is a tenth of the 3e-4 a weight can move.
+    assert diff < 3e-5, f"{stage}: weights differ by {diff}"
     l1, l2 = losses(one / stage), losses(two / stage)
     assert len(l1) == len(l2) == 3 and all(math.isfinite(x) for x in l1)
     assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-5, (l1, l2)
